@@ -1,1 +1,265 @@
-//! pool (stub).
+//! Pools of server connections, one per (database, user, node): idle list, FIFO waiters with a
+//! checkout timeout, the guard that owns a checked-out connection inside the client task, and the
+//! maintenance that enforces `min_size`, `server_idle_timeout` and `server_lifetime`.
+
+mod maintain;
+mod set;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use set::{PoolKey, PoolSet};
+
+use crate::config::PoolSettings;
+use crate::server::{ConnectParams, ServerConnection, ServerError, ServerState};
+
+/// How long the proxy's own housekeeping queries (ROLLBACK, reset) may take before the connection is
+/// given up as broken.
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a client got no server connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("no server connection available in pool {pool} within {waited:?} (all {size} in use)")]
+    CheckoutTimeout {
+        pool: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error("cannot connect to server for pool {pool}: {source}")]
+    Connect { pool: String, source: ServerError },
+    #[error("pool {pool} is closed")]
+    Closed { pool: String },
+}
+
+/// Counts open connections; the count goes down when the slot is dropped with its connection.
+#[derive(Debug)]
+struct OpenSlot(Arc<AtomicUsize>);
+
+impl OpenSlot {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        OpenSlot(counter.clone())
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection that belongs to a pool.
+#[derive(Debug)]
+struct Member {
+    conn: ServerConnection,
+    _slot: OpenSlot,
+}
+
+/// A snapshot of a pool's counters, for admin views and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Server connections open (idle + in use).
+    pub open: usize,
+    /// Server connections idle in the pool.
+    pub idle: usize,
+    /// Server connections held by clients.
+    pub active: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+}
+
+/// The server connections of one (database, user, node).
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    settings: PoolSettings,
+    connect: ConnectParams,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Member>>,
+    open: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
+}
+
+impl Pool {
+    /// A pool that opens connections with `connect`; none are opened until needed (or by maintenance
+    /// for `min_size`).
+    pub fn new(name: String, settings: PoolSettings, connect: ConnectParams) -> Arc<Pool> {
+        Arc::new(Pool {
+            name,
+            permits: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            connect,
+            idle: Mutex::new(Vec::new()),
+            open: Arc::new(AtomicUsize::new(0)),
+            waiting: AtomicUsize::new(0),
+        })
+    }
+
+    /// `database/user@node`, for errors and logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    /// Where this pool's connections go.
+    pub fn connect_params(&self) -> &ConnectParams {
+        &self.connect
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let idle = self.lock_idle().len();
+        PoolStats {
+            open: self.open.load(Ordering::Relaxed),
+            idle,
+            active: self.settings.size - self.permits.available_permits(),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        // A panic while holding this lock cannot leave the Vec inconsistent; keep going.
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether a connection is too old to be used again.
+    fn expired(&self, conn: &ServerConnection) -> bool {
+        let lifetime = self.settings.server_lifetime;
+        !lifetime.is_zero() && conn.age() >= lifetime
+    }
+
+    /// Waits (FIFO) for a free slot up to `checkout_timeout`, then hands out an idle connection that is
+    /// still alive, or opens a new one. A broken or expired idle connection is closed, never handed out.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, PoolError> {
+        let started = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(
+            self.settings.checkout_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match acquired {
+            Err(_) => {
+                return Err(PoolError::CheckoutTimeout {
+                    pool: self.name.clone(),
+                    waited: started.elapsed(),
+                    size: self.settings.size,
+                })
+            }
+            Ok(Err(_)) => {
+                return Err(PoolError::Closed {
+                    pool: self.name.clone(),
+                })
+            }
+            Ok(Ok(permit)) => permit,
+        };
+        loop {
+            let candidate = self.lock_idle().pop();
+            let Some(mut member) = candidate else { break };
+            if self.expired(&member.conn) || !member.conn.check_alive() {
+                tracing::debug!(pool = %self.name, "closing stale idle server connection");
+                continue;
+            }
+            return Ok(PooledServer::new(member, permit, self.clone()));
+        }
+        let conn = self.connect.connect().await.map_err(|source| PoolError::Connect {
+            pool: self.name.clone(),
+            source,
+        })?;
+        tracing::debug!(pool = %self.name, "opened server connection");
+        let member = Member {
+            conn,
+            _slot: OpenSlot::new(&self.open),
+        };
+        Ok(PooledServer::new(member, permit, self.clone()))
+    }
+
+    /// Stops handing out connections: waiters and later checkouts fail with [`PoolError::Closed`].
+    pub fn close(&self) {
+        self.permits.close();
+    }
+
+    /// Closes every idle connection (shutdown, node down).
+    pub async fn close_idle(&self) {
+        let idle: Vec<Member> = std::mem::take(&mut *self.lock_idle());
+        for member in idle {
+            member.conn.close().await;
+        }
+    }
+
+    fn put_idle(&self, member: Member) {
+        self.lock_idle().push(member);
+    }
+}
+
+/// A server connection checked out of a pool, owned by one client task. Hand it back with
+/// [`PooledServer::release`]; if dropped instead, the connection is closed (its state is unknown) and
+/// the slot is freed.
+#[derive(Debug)]
+pub struct PooledServer {
+    member: Option<Member>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledServer {
+    fn new(member: Member, permit: OwnedSemaphorePermit, pool: Arc<Pool>) -> Self {
+        PooledServer {
+            member: Some(member),
+            pool,
+            _permit: permit,
+        }
+    }
+
+    /// The pool it came from.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The connection. Always present until released.
+    pub fn conn(&mut self) -> &mut ServerConnection {
+        match self.member.as_mut() {
+            Some(member) => &mut member.conn,
+            None => unreachable!("a PooledServer holds its connection until release"),
+        }
+    }
+
+    /// Returns the connection to the pool if it can be made clean: an open transaction is rolled back,
+    /// then `reset_query` runs when `reset` is true. A busy, broken or expired connection is closed.
+    pub async fn release(mut self, reset: bool) {
+        let Some(member) = self.member.take() else { return };
+        let Member { mut conn, _slot } = member;
+        let clean = match conn.state() {
+            ServerState::Idle => true,
+            ServerState::InTransaction | ServerState::FailedTransaction => conn
+                .run_query("ROLLBACK", HOUSEKEEPING_TIMEOUT)
+                .await
+                .is_ok(),
+            ServerState::Busy | ServerState::Broken => false,
+        };
+        let reset_query = &self.pool.settings.reset_query;
+        let clean = clean
+            && (!reset
+                || reset_query.is_empty()
+                || conn.run_query(reset_query, HOUSEKEEPING_TIMEOUT).await.is_ok())
+            && conn.state() == ServerState::Idle;
+        if !clean {
+            tracing::debug!(pool = %self.pool.name, state = ?conn.state(), "closing server connection that cannot be reused");
+            conn.close().await;
+            return;
+        }
+        if self.pool.expired(&conn) {
+            conn.close().await;
+            return;
+        }
+        conn.set_state(ServerState::Idle);
+        self.pool.put_idle(Member { conn, _slot });
+    }
+}

@@ -1,1 +1,246 @@
-//! server (stub).
+//! One server connection: connect (TCP, TLS, startup, authentication), the parameters and cancel key
+//! the server reported, its transaction state, and the few queries the proxy runs itself (reset, SET).
+
+mod connect;
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+pub use connect::{send_cancel, ConnectParams};
+
+use crate::net::{read_frame, FrameReadError, NetError, Stream};
+use crate::protocol::backend::{BackendMessage, ErrorFields, TransactionStatus};
+use crate::protocol::startup::CancelKey;
+use crate::protocol::{frontend, Framer, ProtocolError};
+
+/// Why a server connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("server refused TLS but server_tls.mode requires it")]
+    TlsRefused,
+    #[error("server connection I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server sent a malformed message: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("server rejected the connection: {}", .0.message().unwrap_or("no message"))]
+    Rejected(ErrorFields),
+    #[error("server requested {0} authentication, which pgsluice does not support")]
+    UnsupportedAuth(&'static str),
+    #[error("server requested a password but none is configured for this user (set server_password)")]
+    PasswordRequired,
+    #[error("SCRAM authentication with the server failed: {0}")]
+    Scram(String),
+    #[error("server sent unexpected message '{}'", char::from(*.0))]
+    Unexpected(u8),
+    #[error("query failed on server: {}", .0.message().unwrap_or("no message"))]
+    Query(ErrorFields),
+    #[error("server did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<FrameReadError> for ServerError {
+    fn from(e: FrameReadError) -> Self {
+        match e {
+            FrameReadError::Closed => ServerError::Closed,
+            FrameReadError::Io(e) => ServerError::Io(e),
+            FrameReadError::Protocol(e) => ServerError::Protocol(e),
+        }
+    }
+}
+
+/// Where a server connection stands, as far as handing it to a client goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Ready for a new client: last ReadyForQuery said idle and nothing is in flight.
+    Idle,
+    /// Between statements of an open transaction.
+    InTransaction,
+    /// In a transaction that failed; only ROLLBACK helps.
+    FailedTransaction,
+    /// Requests are in flight or results unread: the connection cannot be reused as it is.
+    Busy,
+    /// The socket or protocol broke; the connection must be closed.
+    Broken,
+}
+
+/// A connection to one Postgres node, authenticated and ready.
+#[derive(Debug)]
+pub struct ServerConnection {
+    stream: Stream,
+    read_buf: BytesMut,
+    framer: Framer,
+    params: Vec<(String, String)>,
+    backend_key: CancelKey,
+    state: ServerState,
+    created: Instant,
+    last_used: Instant,
+}
+
+impl ServerConnection {
+    /// The parameters the server reported (ParameterStatus), latest value per name.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// The value of one reported parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Records a ParameterStatus seen while relaying.
+    pub fn note_parameter(&mut self, name: &str, value: &str) {
+        match self.params.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = value.to_string(),
+            None => self.params.push((name.to_string(), value.to_string())),
+        }
+    }
+
+    /// The server's BackendKeyData, for forwarding cancel requests.
+    pub fn backend_key(&self) -> CancelKey {
+        self.backend_key
+    }
+
+    pub fn state(&self) -> ServerState {
+        self.state
+    }
+
+    /// Sets the state observed by whoever relayed traffic on this connection.
+    pub fn set_state(&mut self, state: ServerState) {
+        self.state = state;
+        self.last_used = Instant::now();
+    }
+
+    /// Age since connect.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// Time since it was last handed back.
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.elapsed()
+    }
+
+    /// The socket, for relaying. Bytes read by the proxy itself and not yet consumed are in
+    /// [`ServerConnection::take_buffered`].
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// Bytes already read from the server but not consumed (normally empty between requests).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        std::mem::take(&mut self.read_buf)
+    }
+
+    /// Whether the connection still looks usable without waiting: an idle server sends nothing, so any
+    /// readable byte or EOF means it was closed or is reporting an error (e.g. admin shutdown).
+    pub fn check_alive(&mut self) -> bool {
+        if self.state != ServerState::Idle || !self.read_buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.stream), &mut cx, &mut buf)
+        {
+            std::task::Poll::Pending => true,
+            std::task::Poll::Ready(_) => {
+                self.state = ServerState::Broken;
+                false
+            }
+        }
+    }
+
+    /// Runs SQL the proxy needs (reset, SET), reading to ReadyForQuery. Rows are discarded;
+    /// ParameterStatus updates are recorded. Fails if the server reports an error.
+    pub async fn run_query(&mut self, sql: &str, timeout: Duration) -> Result<(), ServerError> {
+        match tokio::time::timeout(timeout, self.run_query_inner(sql)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.state = ServerState::Broken;
+                Err(ServerError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn run_query_inner(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::encode_query(sql, &mut out);
+        self.state = ServerState::Busy;
+        if let Err(e) = self.stream.write_all(&out).await {
+            self.state = ServerState::Broken;
+            return Err(e.into());
+        }
+        let mut failure = None;
+        loop {
+            let frame = match read_frame(&mut self.stream, &mut self.read_buf, &self.framer).await {
+                Ok(frame) => frame,
+                Err(e) => {
+                    self.state = ServerState::Broken;
+                    return Err(e.into());
+                }
+            };
+            match BackendMessage::decode(&frame) {
+                Ok(BackendMessage::ParameterStatus { name, value }) => {
+                    self.note_parameter(&name, &value)
+                }
+                Ok(BackendMessage::ErrorResponse(fields)) => failure = Some(fields),
+                Ok(BackendMessage::ReadyForQuery { status }) => {
+                    self.state = match status {
+                        TransactionStatus::Idle => ServerState::Idle,
+                        TransactionStatus::InTransaction => ServerState::InTransaction,
+                        TransactionStatus::Failed => ServerState::FailedTransaction,
+                    };
+                    self.last_used = Instant::now();
+                    return match failure {
+                        Some(fields) => Err(ServerError::Query(fields)),
+                        None => Ok(()),
+                    };
+                }
+                Ok(BackendMessage::CopyInResponse(_)) => {
+                    // The proxy never runs COPY; refuse it so the server does not wait for data.
+                    let mut fail = BytesMut::new();
+                    frontend::FrontendMessage::CopyFail {
+                        message: bytes::Bytes::from_static(b"pgsluice internal query"),
+                    }
+                    .encode(&mut fail);
+                    self.stream.write_all(&fail).await?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.state = ServerState::Broken;
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    /// Says goodbye politely (Terminate) and closes. Errors are irrelevant at this point.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        frontend::encode_terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Renders the server's error for logs: `SQLSTATE message`.
+pub fn describe_error(fields: &ErrorFields) -> String {
+    format!(
+        "{} {}",
+        fields.code().unwrap_or("?????"),
+        fields.message().unwrap_or("")
+    )
+}

@@ -1,0 +1,77 @@
+//! Pool housekeeping on an interval: close idle connections past `server_idle_timeout` (above
+//! `min_size`) or past `server_lifetime`, and open connections up to `min_size`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Member, OpenSlot, Pool};
+
+/// How often each pool looks after itself.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Pool {
+    /// Runs housekeeping until `stop` is cancelled, then closes the idle connections.
+    pub async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.prune_idle().await;
+            self.fill_to_min().await;
+        }
+        self.close_idle().await;
+    }
+
+    /// Closes idle connections that are too old or idle too long (keeping `min_size` open).
+    async fn prune_idle(&self) {
+        let idle_timeout = self.settings.server_idle_timeout;
+        let min = self.settings.min_size;
+        let doomed: Vec<Member> = {
+            let mut idle = self.lock_idle();
+            let mut open = self.open.load(Ordering::Relaxed);
+            let mut doomed = Vec::new();
+            // Oldest-used first: the Vec is used as a stack, so the front has waited longest.
+            let mut i = 0;
+            while i < idle.len() {
+                let conn = &idle[i].conn;
+                let too_idle =
+                    !idle_timeout.is_zero() && conn.idle_for() >= idle_timeout && open > min;
+                if self.expired(conn) || too_idle {
+                    doomed.push(idle.remove(i));
+                    open = open.saturating_sub(1);
+                } else {
+                    i += 1;
+                }
+            }
+            doomed
+        };
+        for member in doomed {
+            tracing::debug!(pool = %self.name, "closing idle server connection (idle timeout or lifetime)");
+            member.conn.close().await;
+        }
+    }
+
+    /// Opens connections while fewer than `min_size` are open, each under a pool slot so the pool
+    /// never exceeds `size`.
+    async fn fill_to_min(&self) {
+        while self.open.load(Ordering::Relaxed) < self.settings.min_size {
+            let Ok(_permit) = self.permits.clone().try_acquire_owned() else { return };
+            match self.connect.connect().await {
+                Ok(conn) => self.put_idle(Member {
+                    conn,
+                    _slot: OpenSlot::new(&self.open),
+                }),
+                Err(e) => {
+                    tracing::warn!(pool = %self.name, error = %e, "cannot open server connection for min_size");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Cancel keys: each client gets its own BackendKeyData from the proxy; a CancelRequest carrying it is
+//! forwarded to the server that client is using at that moment, and only to that one.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::protocol::startup::CancelKey;
+use crate::server;
+
+/// How long forwarding one cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a client's cancel request must go: the node and the server's own key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub server_key: CancelKey,
+}
+
+/// Proxy-issued cancel keys of connected clients. Entries hold a target only while the client has a
+/// server connection.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    keys: DashMap<CancelKey, Option<CancelTarget>>,
+}
+
+impl CancelRegistry {
+    /// Issues a fresh key that no connected client has; removed when the returned guard drops.
+    pub fn issue(&self) -> CancelGuard<'_> {
+        loop {
+            let key = CancelKey {
+                process_id: rand::random::<i32>() & i32::MAX,
+                secret_key: rand::random::<i32>(),
+            };
+            if let dashmap::Entry::Vacant(slot) = self.keys.entry(key) {
+                slot.insert(None);
+                return CancelGuard {
+                    registry: self,
+                    key,
+                };
+            }
+        }
+    }
+
+    /// Number of keys issued to connected clients.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no client holds a key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Forwards a client's CancelRequest to the server it is using. Unknown keys, or clients between
+    /// server connections, are ignored silently, as Postgres does.
+    pub async fn cancel(&self, key: CancelKey) {
+        let target = self.keys.get(&key).and_then(|entry| entry.value().clone());
+        let Some(target) = target else {
+            tracing::debug!("cancel request with unknown or idle key ignored");
+            return;
+        };
+        match server::send_cancel(&target.host, target.port, target.server_key, CANCEL_TIMEOUT)
+            .await
+        {
+            Ok(()) => tracing::info!(node = %format!("{}:{}", target.host, target.port), "forwarded cancel request"),
+            Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
+        }
+    }
+}
+
+/// A client's cancel key, registered for the life of the client.
+#[derive(Debug)]
+pub struct CancelGuard<'a> {
+    registry: &'a CancelRegistry,
+    key: CancelKey,
+}
+
+impl CancelGuard<'_> {
+    /// The key sent to the client in BackendKeyData.
+    pub fn key(&self) -> CancelKey {
+        self.key
+    }
+
+    /// Points cancel requests at `target` (or nowhere).
+    pub fn set_target(&self, target: Option<CancelTarget>) {
+        if let Some(mut entry) = self.registry.keys.get_mut(&self.key) {
+            *entry = target;
+        }
+    }
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        self.registry.keys.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_unique_and_removed_on_drop() {
+        let registry = CancelRegistry::default();
+        let a = registry.issue();
+        let b = registry.issue();
+        assert_ne!(a.key(), b.key());
+        assert!(a.key().process_id >= 0);
+        assert_eq!(registry.len(), 2);
+        drop(a);
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn targets_follow_the_client() {
+        let registry = CancelRegistry::default();
+        let guard = registry.issue();
+        let target = CancelTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            server_key: CancelKey {
+                process_id: 7,
+                secret_key: 9,
+            },
+        };
+        guard.set_target(Some(target.clone()));
+        let stored = registry.keys.get(&guard.key()).and_then(|e| e.value().clone());
+        assert_eq!(stored, Some(target));
+    }
+}
