@@ -15,7 +15,9 @@ pub enum ByteSizeError {
     Empty,
     #[error("invalid size {0:?}: expected a number optionally followed by B, kB, MB, GB, KiB, MiB, GiB...")]
     Malformed(String),
-    #[error("invalid size {0:?}: unknown unit {1:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)")]
+    #[error(
+        "invalid size {0:?}: unknown unit {1:?} (use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+    )]
     UnknownUnit(String, String),
     #[error("size {0:?} is too large")]
     Overflow(String),
@@ -138,7 +140,10 @@ mod tests {
         assert!(matches!(parse("MiB"), Err(ByteSizeError::Malformed(_))));
         assert!(matches!(parse("1.5MiB"), Err(ByteSizeError::Malformed(_))));
         assert!(matches!(parse("-1"), Err(ByteSizeError::Malformed(_))));
-        assert!(matches!(parse("5XB"), Err(ByteSizeError::UnknownUnit(_, _))));
+        assert!(matches!(
+            parse("5XB"),
+            Err(ByteSizeError::UnknownUnit(_, _))
+        ));
         assert!(matches!(
             parse("99999999999TiB"),
             Err(ByteSizeError::Overflow(_))

@@ -143,14 +143,20 @@ mod tests {
         assert_eq!(expand("a: ${MISSING:-}").unwrap(), "a: ");
         assert_eq!(expand("a: ${EMPTY}").unwrap(), "a: ");
         assert_eq!(expand("a: ${EMPTY:-d}").unwrap(), "a: d");
-        assert_eq!(expand("a: x${USER_NAME}y${USER_NAME}").unwrap(), "a: xappyapp");
+        assert_eq!(
+            expand("a: x${USER_NAME}y${USER_NAME}").unwrap(),
+            "a: xappyapp"
+        );
     }
 
     #[test]
     fn escapes_and_literal_dollars() {
         assert_eq!(expand("a: $${USER_NAME}").unwrap(), "a: ${USER_NAME}");
         assert_eq!(expand("a: $$$$").unwrap(), "a: $$");
-        assert_eq!(expand("a: SCRAM-SHA-256$4096:x$y:z").unwrap(), "a: SCRAM-SHA-256$4096:x$y:z");
+        assert_eq!(
+            expand("a: SCRAM-SHA-256$4096:x$y:z").unwrap(),
+            "a: SCRAM-SHA-256$4096:x$y:z"
+        );
         assert_eq!(expand("a: trailing$").unwrap(), "a: trailing$");
     }
 

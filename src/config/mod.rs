@@ -414,6 +414,7 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// Host name or IP; required.
     pub host: String,
+    #[serde(deserialize_with = "deserialize_port")]
     pub port: u16,
     pub role: NodeRole,
 }
@@ -427,6 +428,12 @@ impl Default for NodeConfig {
             role: NodeRole::Auto,
         }
     }
+}
+
+/// A port number with a readable error above 65535 (0 is left to `validate()`).
+fn deserialize_port<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    u16::try_from(value).map_err(|_| serde::de::Error::custom("port must be between 1 and 65535"))
 }
 
 impl NodeConfig {

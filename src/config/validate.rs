@@ -101,7 +101,10 @@ fn check_limits(config: &Config, errors: &mut Errors) {
 fn check_tls(config: &Config, errors: &mut Errors) {
     let client = &config.client_tls;
     if client.mode != ClientTlsMode::Disable {
-        for (key, value) in [("cert_file", &client.cert_file), ("key_file", &client.key_file)] {
+        for (key, value) in [
+            ("cert_file", &client.cert_file),
+            ("key_file", &client.key_file),
+        ] {
             if value.is_none() {
                 errors.push(
                     format!("client_tls.{key}"),
@@ -153,7 +156,10 @@ fn check_pool(prefix: &str, pool: &PoolSettings, errors: &mut Errors) {
         );
     }
     if pool.checkout_timeout.is_zero() {
-        errors.push(format!("{prefix}.checkout_timeout"), "must be greater than 0");
+        errors.push(
+            format!("{prefix}.checkout_timeout"),
+            "must be greater than 0",
+        );
     }
     if pool.server_connect_timeout.is_zero() {
         errors.push(
@@ -165,7 +171,12 @@ fn check_pool(prefix: &str, pool: &PoolSettings, errors: &mut Errors) {
 
 /// Checks defaults + `overrides` only if the overrides set something (avoids repeating
 /// errors of the global `pool` section for every database and user).
-fn check_overrides(prefix: &str, base: &PoolSettings, overrides: &PoolOverrides, errors: &mut Errors) {
+fn check_overrides(
+    prefix: &str,
+    base: &PoolSettings,
+    overrides: &PoolOverrides,
+    errors: &mut Errors,
+) {
     if overrides != &PoolOverrides::default() {
         check_pool(prefix, &base.with_overrides(overrides), errors);
     }
@@ -223,7 +234,11 @@ fn check_password(config: &Config, path: &str, user: &UserConfig, errors: &mut E
         AuthMethod::Trust => true,
     };
     if !accepted {
-        let what = if is_md5_hash(value) { "an md5 hash" } else { "a SCRAM verifier" };
+        let what = if is_md5_hash(value) {
+            "an md5 hash"
+        } else {
+            "a SCRAM verifier"
+        };
         errors.push(
             password_path,
             format!("{what} cannot be used with auth method {method}"),
@@ -253,7 +268,12 @@ fn check_databases(config: &Config, errors: &mut Errors) {
             errors.push(format!("{path}.server_database"), "must not be empty");
         }
         check_nodes(&path, database, errors);
-        check_overrides(&format!("{path}.pool"), &config.pool, &database.pool, errors);
+        check_overrides(
+            &format!("{path}.pool"),
+            &config.pool,
+            &database.pool,
+            errors,
+        );
     }
 }
 
