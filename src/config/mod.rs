@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use secret::{PasswordKind, Secret};
-pub use validate::ValidationError;
+pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
 
 /// Everything that can go wrong while loading a configuration.
 #[derive(Debug, thiserror::Error)]

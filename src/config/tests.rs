@@ -142,6 +142,14 @@ fn unknown_key_is_rejected_with_name_and_location() {
 }
 
 #[test]
+fn duplicate_keys_are_rejected() {
+    let message = parse_str("pool:\n  size: 3\n  size: 4\n")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("line 3"), "{message}");
+}
+
+#[test]
 fn type_errors_name_the_location() {
     let message = parse_str("limits:\n  startup_timeout: 5x\n")
         .unwrap_err()

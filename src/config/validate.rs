@@ -49,6 +49,9 @@ pub(super) fn collect(config: &Config) -> Vec<ValidationError> {
     check_listeners(config, &mut errors);
     check_limits(config, &mut errors);
     check_tls(config, &mut errors);
+    if config.auth.method == AuthMethod::Cleartext && !cleartext_possible(config) {
+        errors.push("auth.method", cleartext_message());
+    }
     check_pool("pool", &config.pool, &mut errors);
     check_users(config, &mut errors);
     check_databases(config, &mut errors);
@@ -130,9 +133,6 @@ fn check_tls(config: &Config, errors: &mut Errors) {
             "required when server_tls.key_file is set",
         ),
         _ => {}
-    }
-    if config.auth.method == AuthMethod::Cleartext && !cleartext_possible(config) {
-        errors.push("auth.method", cleartext_message());
     }
 }
 
