@@ -1,1 +1,153 @@
-//! app (stub).
+//! The application lifecycle: build a generation from config, accept clients on bound listeners,
+//! reload, and drain on shutdown. Tests call [`App::serve`] with listeners bound to port 0.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::net;
+use crate::session::{self, Generation, GenerationError, Shared};
+
+/// How long sessions get to end after they were told to stop (after `shutdown_timeout`).
+const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the proxy could not start or apply a config.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy: shared session state plus the background tasks it owns.
+#[derive(Debug)]
+pub struct App {
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    /// Stops the housekeeping of the current generation's pools.
+    generation_stop: Mutex<CancellationToken>,
+}
+
+impl App {
+    /// Builds the first generation from `config` (TLS files, credentials, pools); opens nothing yet.
+    pub fn new(config: Config) -> Result<App, AppError> {
+        let generation = Generation::build(config)?;
+        let app = App {
+            shared: Arc::new(Shared::new(generation)),
+            tracker: TaskTracker::new(),
+            generation_stop: Mutex::new(CancellationToken::new()),
+        };
+        app.start_generation_tasks();
+        Ok(app)
+    }
+
+    /// Handles shared with sessions (for tests and admin views).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn start_generation_tasks(&self) {
+        let stop = CancellationToken::new();
+        self.shared
+            .generation
+            .load()
+            .pools
+            .spawn_maintenance(&self.tracker, &stop);
+        let old = std::mem::replace(&mut *self.lock_stop(), stop);
+        old.cancel();
+    }
+
+    fn lock_stop(&self) -> std::sync::MutexGuard<'_, CancellationToken> {
+        self.generation_stop
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replaces the configuration: new sessions use the new one; sessions already running keep the
+    /// generation they started with until they end. A config that cannot be built changes nothing.
+    pub fn reload(&self, config: Config) -> Result<(), AppError> {
+        let generation = Generation::build(config)?;
+        self.shared.generation.store(Arc::new(generation));
+        self.start_generation_tasks();
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Binds every configured listener.
+    pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, AppError> {
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            let bound = TcpListener::bind(&listener.address)
+                .await
+                .map_err(|source| AppError::Bind {
+                    address: listener.address.clone(),
+                    source,
+                })?;
+            listeners.push(bound);
+        }
+        Ok(listeners)
+    }
+
+    /// Accepts clients on `listeners` until `shutdown` fires, then drains: stops accepting, lets
+    /// sessions finish for up to `shutdown_timeout`, tells the rest to stop, and closes pools.
+    pub async fn serve(&self, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+        let sessions = TaskTracker::new();
+        for listener in listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "listening");
+            }
+            let shared = self.shared.clone();
+            let sessions = sessions.clone();
+            let shutdown = shutdown.clone();
+            self.tracker
+                .spawn(accept_loop(listener, shared, sessions, shutdown));
+        }
+        shutdown.cancelled().await;
+        sessions.close();
+        let timeout = self.shared.generation.load().config.limits.shutdown_timeout;
+        tracing::info!(clients = sessions.len(), ?timeout, "shutting down: waiting for clients");
+        if tokio::time::timeout(timeout, sessions.wait()).await.is_err() {
+            tracing::warn!(clients = sessions.len(), "shutdown_timeout reached: closing remaining clients");
+            self.shared.stop.cancel();
+            let _ = tokio::time::timeout(HARD_STOP_GRACE, sessions.wait()).await;
+        }
+        self.shared.generation.load().pools.close_all();
+        self.lock_stop().cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(HARD_STOP_GRACE, self.tracker.wait()).await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                net::tune_socket(&tcp);
+                sessions.spawn(session::run_client(shared.clone(), tcp, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

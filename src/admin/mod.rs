@@ -1,1 +1,2 @@
-//! admin (stub).
+//! The admin console (layer 4): the virtual `pgsluice` database with SHOW/RELOAD/PAUSE. Placeholder
+//! until the operations issue.

@@ -61,7 +61,9 @@ impl Pool {
     /// never exceeds `size`.
     async fn fill_to_min(&self) {
         while self.open.load(Ordering::Relaxed) < self.settings.min_size {
-            let Ok(_permit) = self.permits.clone().try_acquire_owned() else { return };
+            let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
             match self.connect.connect().await {
                 Ok(conn) => self.put_idle(Member {
                     conn,

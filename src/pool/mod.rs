@@ -125,7 +125,9 @@ impl Pool {
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
         // A panic while holding this lock cannot leave the Vec inconsistent; keep going.
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a connection is too old to be used again.
@@ -169,10 +171,14 @@ impl Pool {
             }
             return Ok(PooledServer::new(member, permit, self.clone()));
         }
-        let conn = self.connect.connect().await.map_err(|source| PoolError::Connect {
-            pool: self.name.clone(),
-            source,
-        })?;
+        let conn = self
+            .connect
+            .connect()
+            .await
+            .map_err(|source| PoolError::Connect {
+                pool: self.name.clone(),
+                source,
+            })?;
         tracing::debug!(pool = %self.name, "opened server connection");
         let member = Member {
             conn,
@@ -234,7 +240,9 @@ impl PooledServer {
     /// Returns the connection to the pool if it can be made clean: an open transaction is rolled back,
     /// then `reset_query` runs when `reset` is true. A busy, broken or expired connection is closed.
     pub async fn release(mut self, reset: bool) {
-        let Some(member) = self.member.take() else { return };
+        let Some(member) = self.member.take() else {
+            return;
+        };
         let Member { mut conn, _slot } = member;
         let clean = match conn.state() {
             ServerState::Idle => true,
@@ -248,7 +256,10 @@ impl PooledServer {
         let clean = clean
             && (!reset
                 || reset_query.is_empty()
-                || conn.run_query(reset_query, HOUSEKEEPING_TIMEOUT).await.is_ok())
+                || conn
+                    .run_query(reset_query, HOUSEKEEPING_TIMEOUT)
+                    .await
+                    .is_ok())
             && conn.state() == ServerState::Idle;
         if !clean {
             tracing::debug!(pool = %self.pool.name, state = ?conn.state(), "closing server connection that cannot be reused");

@@ -8,7 +8,9 @@ use crate::topology::{ClusterSnapshot, NodeId, Role};
 pub enum RouteError {
     #[error("no primary is available for database \"{database}\"")]
     NoPrimary { database: String },
-    #[error("more than one node claims to be primary for database \"{database}\"; refusing writes")]
+    #[error(
+        "more than one node claims to be primary for database \"{database}\"; refusing writes"
+    )]
     SeveralPrimaries { database: String },
 }
 

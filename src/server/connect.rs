@@ -73,7 +73,8 @@ impl ConnectParams {
                 BackendMessage::BackendKeyData(key) => backend_key = key,
                 BackendMessage::ReadyForQuery { .. } => break,
                 BackendMessage::ErrorResponse(fields) => return Err(ServerError::Rejected(fields)),
-                BackendMessage::NoticeResponse(_) | BackendMessage::NegotiateProtocolVersion { .. } => {}
+                BackendMessage::NoticeResponse(_)
+                | BackendMessage::NegotiateProtocolVersion { .. } => {}
                 _ => return Err(ServerError::Unexpected(frame.tag())),
             }
         }
@@ -146,7 +147,11 @@ impl ConnectParams {
                         self.password()?.as_bytes(),
                         ChannelBinding::unsupported(),
                     );
-                    frontend::encode_sasl_initial_response("SCRAM-SHA-256", client.message(), &mut out);
+                    frontend::encode_sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        client.message(),
+                        &mut out,
+                    );
                     scram = Some(client);
                 }
                 Authentication::SaslContinue(data) => {
@@ -174,7 +179,9 @@ impl ConnectParams {
     }
 
     fn password(&self) -> Result<&str, ServerError> {
-        self.password.as_deref().ok_or(ServerError::PasswordRequired)
+        self.password
+            .as_deref()
+            .ok_or(ServerError::PasswordRequired)
     }
 }
 

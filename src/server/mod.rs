@@ -32,7 +32,9 @@ pub enum ServerError {
     Rejected(ErrorFields),
     #[error("server requested {0} authentication, which pgsluice does not support")]
     UnsupportedAuth(&'static str),
-    #[error("server requested a password but none is configured for this user (set server_password)")]
+    #[error(
+        "server requested a password but none is configured for this user (set server_password)"
+    )]
     PasswordRequired,
     #[error("SCRAM authentication with the server failed: {0}")]
     Scram(String),
@@ -150,8 +152,11 @@ impl ServerConnection {
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut self.stream), &mut cx, &mut buf)
-        {
+        match tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut self.stream),
+            &mut cx,
+            &mut buf,
+        ) {
             std::task::Poll::Pending => true,
             std::task::Poll::Ready(_) => {
                 self.state = ServerState::Broken;
