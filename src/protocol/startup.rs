@@ -145,8 +145,16 @@ fn decode_startup_message(code: u32, mut r: Reader<'_>) -> Result<StartupMessage
 
 /// Writes a protocol 3.0 StartupMessage with `params` in order (names and values must not contain NUL).
 pub fn encode_startup(params: &[(&str, &str)], out: &mut BytesMut) {
+    put_startup(PROTOCOL_3_0, params.iter().copied(), out);
+}
+
+fn put_startup<'a>(
+    version: u32,
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+    out: &mut BytesMut,
+) {
     let at = begin_untagged(out);
-    out.put_u32(PROTOCOL_3_0);
+    out.put_u32(version);
     for (name, value) in params {
         put_cstr(out, name.as_bytes());
         put_cstr(out, value.as_bytes());
@@ -181,16 +189,11 @@ pub fn encode_cancel_request(key: CancelKey, out: &mut BytesMut) {
 /// Writes any startup packet (the inverse of [`decode_startup`]; a StartupMessage keeps its minor version).
 pub fn encode_startup_packet(packet: &StartupPacket, out: &mut BytesMut) {
     match packet {
-        StartupPacket::Startup(m) => {
-            let at = begin_untagged(out);
-            out.put_u32(3 << 16 | u32::from(m.minor_version));
-            for (name, value) in &m.params {
-                put_cstr(out, name.as_bytes());
-                put_cstr(out, value.as_bytes());
-            }
-            out.put_u8(0);
-            finish(out, at);
-        }
+        StartupPacket::Startup(m) => put_startup(
+            PROTOCOL_3_0 | u32::from(m.minor_version),
+            m.params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            out,
+        ),
         StartupPacket::SslRequest => encode_ssl_request(out),
         StartupPacket::GssEncRequest => encode_gssenc_request(out),
         StartupPacket::Cancel(key) => encode_cancel_request(*key, out),

@@ -252,7 +252,10 @@ fn passthrough_edge_cases() {
     assert_eq!(pt.step(&rest[1..], MAX), Ok(Step::Body { n: 3 }));
     pt.advance(3);
     assert!(!pt.in_message());
-    assert!(matches!(pt.step(&rest[4..], MAX), Ok(Step::Message { available: 6, .. })));
+    assert!(matches!(
+        pt.step(&rest[4..], MAX),
+        Ok(Step::Message { available: 6, .. })
+    ));
 }
 
 #[test]
@@ -264,7 +267,10 @@ fn passthrough_errors() {
     );
     assert_eq!(
         pt.step(b"D\0\0\x10\0", 100),
-        Err(ProtocolError::MessageTooLarge { len: 4097, max: 100 })
+        Err(ProtocolError::MessageTooLarge {
+            len: 4097,
+            max: 100
+        })
     );
     let mut garbage = BytesMut::new();
     garbage.put_u32(0xdead_beef);

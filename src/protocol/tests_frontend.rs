@@ -19,21 +19,50 @@ fn one_frame(out: &mut BytesMut) -> Frame {
 fn samples() -> Vec<FrontendMessage> {
     use FrontendMessage as M;
     vec![
-        M::Bind(Bind::new(b"", b"s1", &[1], &[Some(b"42"), None, Some(b"")], &[0, 1])),
+        M::Bind(Bind::new(
+            b"",
+            b"s1",
+            &[1],
+            &[Some(b"42"), None, Some(b"")],
+            &[0, 1],
+        )),
         M::Bind(Bind::new(b"p", b"", &[], &[], &[])),
-        M::Close { kind: b'S', name: b("s1") },
-        M::Close { kind: b'P', name: b("") },
+        M::Close {
+            kind: b'S',
+            name: b("s1"),
+        },
+        M::Close {
+            kind: b'P',
+            name: b(""),
+        },
         M::CopyData(b("1\t2\n")),
         M::CopyData(b("")),
         M::CopyDone,
         M::CopyFail { message: b("boom") },
-        M::Describe { kind: b'P', name: b("p1") },
-        M::Execute { portal: b(""), max_rows: 0 },
-        M::Execute { portal: b("p"), max_rows: 100 },
+        M::Describe {
+            kind: b'P',
+            name: b("p1"),
+        },
+        M::Execute {
+            portal: b(""),
+            max_rows: 0,
+        },
+        M::Execute {
+            portal: b("p"),
+            max_rows: 100,
+        },
         M::Flush,
         M::FunctionCall(b("\0\0\0\x01\0\0\0\0\0\0")),
-        M::Parse(Parse { name: b("s1"), sql: b("SELECT $1, $2"), param_types: vec![23, 0] }),
-        M::Parse(Parse { name: b(""), sql: b(""), param_types: vec![] }),
+        M::Parse(Parse {
+            name: b("s1"),
+            sql: b("SELECT $1, $2"),
+            param_types: vec![23, 0],
+        }),
+        M::Parse(Parse {
+            name: b(""),
+            sql: b(""),
+            param_types: vec![],
+        }),
         M::Password(b("secret\0")),
         M::Query { sql: b("SELECT 1") },
         M::Sync,
@@ -81,12 +110,21 @@ fn helper_encoders() {
     let mut out = BytesMut::new();
     encode_query("SELECT 1", &mut out);
     let f = one_frame(&mut out);
-    assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Query { sql: b("SELECT 1") });
+    assert_eq!(
+        FrontendMessage::decode(&f).unwrap(),
+        FrontendMessage::Query { sql: b("SELECT 1") }
+    );
 
     encode_sync(&mut out);
-    assert_eq!(FrontendMessage::decode(&one_frame(&mut out)).unwrap(), FrontendMessage::Sync);
+    assert_eq!(
+        FrontendMessage::decode(&one_frame(&mut out)).unwrap(),
+        FrontendMessage::Sync
+    );
     encode_terminate(&mut out);
-    assert_eq!(FrontendMessage::decode(&one_frame(&mut out)).unwrap(), FrontendMessage::Terminate);
+    assert_eq!(
+        FrontendMessage::decode(&one_frame(&mut out)).unwrap(),
+        FrontendMessage::Terminate
+    );
 
     encode_password("md5abc", &mut out);
     let f = one_frame(&mut out);
@@ -102,12 +140,18 @@ fn helper_encoders() {
 
     encode_sasl_response(b"c=biws,r=abc", &mut out);
     let f = one_frame(&mut out);
-    assert_eq!(FrontendMessage::decode(&f).unwrap(), FrontendMessage::Password(b("c=biws,r=abc")));
+    assert_eq!(
+        FrontendMessage::decode(&f).unwrap(),
+        FrontendMessage::Password(b("c=biws,r=abc"))
+    );
 }
 
 #[test]
 fn password_parsers_reject_malformed() {
-    assert_eq!(parse_sasl_initial_response(b"M\0\xff\xff\xff\xff"), Ok(("M", &b""[..])));
+    assert_eq!(
+        parse_sasl_initial_response(b"M\0\xff\xff\xff\xff"),
+        Ok(("M", &b""[..]))
+    );
     assert!(parse_password(b"abc").is_err());
     assert!(parse_password(b"abc\0x").is_err());
     assert!(parse_password(b"\xff\0").is_err());
@@ -123,11 +167,11 @@ fn malformed_bodies_are_errors() {
         (tag::BIND, b""),
         (tag::BIND, b"\0\0"),
         (tag::BIND, b"\0\0\0\0\0\0\0"),
-        (tag::BIND, b"\0\0\0\x01\0"),                         // format array truncated
-        (tag::BIND, b"\0\0\0\0\0\x01\0\0\0\x05ab\0\0"),       // value truncated
-        (tag::BIND, b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),   // length < -1
-        (tag::BIND, b"\0\0\xff\xff\0\0\0\0"),                 // negative count
-        (tag::BIND, b"\0\0\0\0\0\0\0\0x"),                    // trailing
+        (tag::BIND, b"\0\0\0\x01\0"), // format array truncated
+        (tag::BIND, b"\0\0\0\0\0\x01\0\0\0\x05ab\0\0"), // value truncated
+        (tag::BIND, b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"), // length < -1
+        (tag::BIND, b"\0\0\xff\xff\0\0\0\0"), // negative count
+        (tag::BIND, b"\0\0\0\0\0\0\0\0x"), // trailing
         (tag::CLOSE, b"X\0"),
         (tag::CLOSE, b"S"),
         (tag::DESCRIBE, b""),
@@ -147,7 +191,11 @@ fn malformed_bodies_are_errors() {
     ];
     for (t, body) in cases {
         let r = FrontendMessage::decode(&Frame::new(*t, body));
-        assert!(matches!(r, Err(ProtocolError::Malformed { .. })), "{} {body:?}: {r:?}", *t as char);
+        assert!(
+            matches!(r, Err(ProtocolError::Malformed { .. })),
+            "{} {body:?}: {r:?}",
+            *t as char
+        );
     }
     assert_eq!(
         FrontendMessage::decode(&Frame::new(b'Z', b"")),

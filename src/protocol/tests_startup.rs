@@ -20,14 +20,20 @@ fn raw_startup(code: u32, params: &[u8]) -> Vec<u8> {
 #[test]
 fn startup_round_trip() {
     let mut out = BytesMut::new();
-    encode_startup(&[("user", "alice"), ("database", "app"), ("x", "")], &mut out);
+    encode_startup(
+        &[("user", "alice"), ("database", "app"), ("x", "")],
+        &mut out,
+    );
     let encoded = out.clone();
     let Some(StartupPacket::Startup(m)) = decode_startup(&mut out).unwrap() else {
         panic!("not a startup message");
     };
     assert!(out.is_empty());
     assert_eq!(m.minor_version, 0);
-    assert_eq!((m.user(), m.database(), m.get("x")), (Some("alice"), Some("app"), Some("")));
+    assert_eq!(
+        (m.user(), m.database(), m.get("x")),
+        (Some("alice"), Some("app"), Some(""))
+    );
     assert_eq!(m.get("nope"), None);
     let mut again = BytesMut::new();
     encode_startup_packet(&StartupPacket::Startup(m), &mut again);
@@ -62,10 +68,22 @@ fn special_requests_round_trip() {
         process_id: 42,
         secret_key: -7,
     };
-    let cases: [(fn(&mut BytesMut), StartupPacket); 3] = [
+    type Encoder = fn(&mut BytesMut);
+    let cases: [(Encoder, StartupPacket); 3] = [
         (encode_ssl_request, StartupPacket::SslRequest),
         (encode_gssenc_request, StartupPacket::GssEncRequest),
-        (|o| encode_cancel_request(CancelKey { process_id: 42, secret_key: -7 }, o), StartupPacket::Cancel(key)),
+        (
+            |o| {
+                encode_cancel_request(
+                    CancelKey {
+                        process_id: 42,
+                        secret_key: -7,
+                    },
+                    o,
+                )
+            },
+            StartupPacket::Cancel(key),
+        ),
     ];
     for (encode, expect) in cases {
         let mut out = BytesMut::new();
@@ -90,8 +108,14 @@ fn partial_input_needs_more_and_keeps_buffer() {
     }
     // A following packet stays in the buffer.
     encode_ssl_request(&mut full);
-    assert!(matches!(decode_startup(&mut full), Ok(Some(StartupPacket::Startup(_)))));
-    assert_eq!(decode_startup(&mut full), Ok(Some(StartupPacket::SslRequest)));
+    assert!(matches!(
+        decode_startup(&mut full),
+        Ok(Some(StartupPacket::Startup(_)))
+    ));
+    assert_eq!(
+        decode_startup(&mut full),
+        Ok(Some(StartupPacket::SslRequest))
+    );
 }
 
 #[test]
