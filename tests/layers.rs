@@ -90,9 +90,14 @@ fn lower_layers_never_import_higher_ones() {
     rust_files(&src, &mut files);
     let mut violations = Vec::new();
     for file in &files {
-        let Some(module) = owner(&src, file) else { continue };
+        let Some(module) = owner(&src, file) else {
+            continue;
+        };
         let Some(&own_layer) = layers.get(module.as_str()) else {
-            violations.push(format!("{}: module `{module}` has no layer", file.display()));
+            violations.push(format!(
+                "{}: module `{module}` has no layer",
+                file.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(file).expect("read source");
@@ -100,7 +105,9 @@ fn lower_layers_never_import_higher_ones() {
             if used == module {
                 continue;
             }
-            let Some(&used_layer) = layers.get(used.as_str()) else { continue };
+            let Some(&used_layer) = layers.get(used.as_str()) else {
+                continue;
+            };
             let allowed = used_layer < own_layer
                 || SAME_LAYER_ALLOWED.contains(&(module.as_str(), used.as_str()));
             if !allowed {
@@ -111,12 +118,17 @@ fn lower_layers_never_import_higher_ones() {
             }
         }
     }
-    assert!(violations.is_empty(), "layer violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layer violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_scanner_sees_grouped_and_path_uses() {
-    let refs = crate_refs("use crate::{pool::Pool, server};\nlet x = crate::app::run(); // crate::cli");
+    let refs =
+        crate_refs("use crate::{pool::Pool, server};\nlet x = crate::app::run(); // crate::cli");
     let names: Vec<_> = refs.iter().map(|(_, n)| n.as_str()).collect();
     assert!(names.contains(&"pool") && names.contains(&"server") && names.contains(&"app"));
     assert!(!names.contains(&"cli"));
