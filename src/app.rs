@@ -113,9 +113,19 @@ impl App {
         shutdown.cancelled().await;
         sessions.close();
         let timeout = self.shared.generation.load().config.limits.shutdown_timeout;
-        tracing::info!(clients = sessions.len(), ?timeout, "shutting down: waiting for clients");
-        if tokio::time::timeout(timeout, sessions.wait()).await.is_err() {
-            tracing::warn!(clients = sessions.len(), "shutdown_timeout reached: closing remaining clients");
+        tracing::info!(
+            clients = sessions.len(),
+            ?timeout,
+            "shutting down: waiting for clients"
+        );
+        if tokio::time::timeout(timeout, sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                clients = sessions.len(),
+                "shutdown_timeout reached: closing remaining clients"
+            );
             self.shared.stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, sessions.wait()).await;
         }

@@ -20,14 +20,19 @@ pub fn demo(port: u16, replicas: usize) -> anyhow::Result<()> {
     let config = config::load_str(&yaml, &|name| std::env::var(name).ok())
         .context("building the demo configuration")?;
     let runtime = runtime(&config)?;
+    let nodes: Vec<(String, u16)> = cluster
+        .nodes()
+        .iter()
+        .map(|node| (node.name.clone(), node.port))
+        .collect();
     let result = runtime.block_on(async move {
         let listeners = App::bind(&config).await?;
         let address = listeners[0].local_addr()?;
         let app = App::new(config)?;
         println!();
         println!("pgsluice is listening on {address}, in front of:");
-        for node in cluster.nodes() {
-            println!("  {} on 127.0.0.1:{}", node.name, node.port);
+        for (name, port) in &nodes {
+            println!("  {name} on 127.0.0.1:{port}");
         }
         println!();
         println!(

@@ -134,7 +134,7 @@ impl ServerTlsConnector {
             }
         };
         Ok(ServerTlsConnector {
-            mode: cfg.mode.clone(),
+            mode: cfg.mode,
             connector,
         })
     }

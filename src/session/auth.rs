@@ -47,9 +47,7 @@ impl AuthTable {
                 ),
                 None => None,
             };
-            let scram = credential
-                .as_ref()
-                .and_then(|c| c.scram_verifier().ok());
+            let scram = credential.as_ref().and_then(|c| c.scram_verifier().ok());
             users.insert(
                 user.name.clone(),
                 UserAuth {
@@ -107,8 +105,7 @@ pub async fn authenticate(
             }
             send_auth(stream, &Authentication::CleartextPassword).await?;
             let frame = read_password(stream, buf, framer).await?;
-            let password =
-                frontend::parse_password(frame.body()).map_err(ClientError::Protocol)?;
+            let password = frontend::parse_password(frame.body()).map_err(ClientError::Protocol)?;
             let ok = entry
                 .credential
                 .as_ref()
@@ -119,12 +116,12 @@ pub async fn authenticate(
                 Err(fail())
             }
         }
-        AuthMethod::Md5 => match md5_exchange(stream, buf, framer, user, entry.credential.as_ref())
-            .await?
-        {
-            true => Ok(()),
-            false => Err(fail()),
-        },
+        AuthMethod::Md5 => {
+            match md5_exchange(stream, buf, framer, user, entry.credential.as_ref()).await? {
+                true => Ok(()),
+                false => Err(fail()),
+            }
+        }
         AuthMethod::ScramSha256 => {
             let verifier = entry
                 .scram

@@ -65,7 +65,9 @@ impl CancelRegistry {
         match server::send_cancel(&target.host, target.port, target.server_key, CANCEL_TIMEOUT)
             .await
         {
-            Ok(()) => tracing::info!(node = %format!("{}:{}", target.host, target.port), "forwarded cancel request"),
+            Ok(()) => {
+                tracing::info!(node = %format!("{}:{}", target.host, target.port), "forwarded cancel request")
+            }
             Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
         }
     }
@@ -127,7 +129,10 @@ mod tests {
             },
         };
         guard.set_target(Some(target.clone()));
-        let stored = registry.keys.get(&guard.key()).and_then(|e| e.value().clone());
+        let stored = registry
+            .keys
+            .get(&guard.key())
+            .and_then(|e| e.value().clone());
         assert_eq!(stored, Some(target));
     }
 }

@@ -112,9 +112,8 @@ impl ClientError {
             ClientError::CleartextWithoutTls => fields.with_hint(
                 "Connect with TLS, or use scram-sha-256; allow_cleartext_without_tls permits it.",
             ),
-            ClientError::Pool(PoolError::CheckoutTimeout { .. }) => fields.with_hint(
-                "Raise pool.size or pool.checkout_timeout, or shorten transactions.",
-            ),
+            ClientError::Pool(PoolError::CheckoutTimeout { .. }) => fields
+                .with_hint("Raise pool.size or pool.checkout_timeout, or shorten transactions."),
             _ => fields,
         })
     }

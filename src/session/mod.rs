@@ -63,9 +63,9 @@ impl Generation {
     /// Loads TLS material, prepares credentials and builds the pools (opening no connection yet).
     pub fn build(config: Config) -> Result<Generation, GenerationError> {
         let client_tls = match (&config.client_tls.cert_file, &config.client_tls.key_file) {
-            (Some(cert), Some(key)) => Some(
-                ClientTlsAcceptor::from_files(cert, key).map_err(GenerationError::ClientTls)?,
-            ),
+            (Some(cert), Some(key)) => {
+                Some(ClientTlsAcceptor::from_files(cert, key).map_err(GenerationError::ClientTls)?)
+            }
             _ => None,
         };
         let server_tls =
@@ -200,7 +200,9 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         session.serve(&mut stream, &startup, buf, started).await
     };
     match result {
-        Ok(end) => tracing::info!(%peer, %user, %database, ?end, elapsed = ?started.elapsed(), "client disconnected"),
+        Ok(end) => {
+            tracing::info!(%peer, %user, %database, ?end, elapsed = ?started.elapsed(), "client disconnected")
+        }
         Err(e) => {
             tracing::info!(%peer, %user, %database, error = %e, "client session ended with error");
             report(&mut stream, &e).await;
@@ -238,7 +240,10 @@ impl Session<'_> {
         let config = &self.generation.config;
         let framer = Framer::new(config.limits.max_message_size);
         let login = self.login(stream, startup, &mut buf, &framer);
-        let remaining = config.limits.startup_timeout.saturating_sub(started.elapsed());
+        let remaining = config
+            .limits
+            .startup_timeout
+            .saturating_sub(started.elapsed());
         let settings = tokio::time::timeout(remaining, login)
             .await
             .map_err(|_| ClientError::StartupTimeout)??;

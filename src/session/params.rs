@@ -155,7 +155,10 @@ mod tests {
             ("user", "app"),
             ("database", "db"),
             ("application_name", "psql"),
-            ("options", "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB"),
+            (
+                "options",
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB",
+            ),
         ]);
         let settings = requested_settings(&msg).unwrap();
         assert_eq!(
@@ -174,9 +177,15 @@ mod tests {
         let msg = startup(&[("user", "a"), ("replication", "database")]);
         assert_eq!(requested_settings(&msg), Err(ParamError::Replication));
         let msg = startup(&[("user", "a"), ("x; DROP TABLE t", "1")]);
-        assert!(matches!(requested_settings(&msg), Err(ParamError::InvalidName(_))));
+        assert!(matches!(
+            requested_settings(&msg),
+            Err(ParamError::InvalidName(_))
+        ));
         let msg = startup(&[("options", "-c")]);
-        assert!(matches!(requested_settings(&msg), Err(ParamError::InvalidOption(_))));
+        assert!(matches!(
+            requested_settings(&msg),
+            Err(ParamError::InvalidOption(_))
+        ));
     }
 
     #[test]

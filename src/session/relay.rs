@@ -162,7 +162,9 @@ where
             }
         }
         if ready > 0 {
-            flight.torn.store(u8::from(pass.in_message()), Ordering::Relaxed);
+            flight
+                .torn
+                .store(u8::from(pass.in_message()), Ordering::Relaxed);
             if tx.write_all(&buf[..ready]).await.is_err() {
                 return RelayEnd::ServerGone;
             }
@@ -176,7 +178,9 @@ where
             Ok(0) | Err(_) => {
                 if !buf.is_empty() {
                     // Part of a header arrived and the rest never will.
-                    flight.torn.store(u8::from(pass.in_message()), Ordering::Relaxed);
+                    flight
+                        .torn
+                        .store(u8::from(pass.in_message()), Ordering::Relaxed);
                 }
                 return RelayEnd::ClientGone;
             }

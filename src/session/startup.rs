@@ -33,7 +33,9 @@ pub async fn open(
     let mut buf = BytesMut::with_capacity(256);
     loop {
         let packet = loop {
-            if let Some(packet) = startup::decode_startup(&mut buf).map_err(ClientError::Protocol)? {
+            if let Some(packet) =
+                startup::decode_startup(&mut buf).map_err(ClientError::Protocol)?
+            {
                 break packet;
             }
             if stream.read_buf(&mut buf).await.map_err(ClientError::Io)? == 0 {
@@ -60,7 +62,11 @@ pub async fn open(
                     });
                 }
                 stream = match (tls, mode, stream) {
-                    (Some(acceptor), ClientTlsMode::Prefer | ClientTlsMode::Require, Stream::Plain(mut tcp)) => {
+                    (
+                        Some(acceptor),
+                        ClientTlsMode::Prefer | ClientTlsMode::Require,
+                        Stream::Plain(mut tcp),
+                    ) => {
                         tcp.write_all(b"S").await.map_err(ClientError::Io)?;
                         acceptor.accept(tcp).await.map_err(ClientError::Tls)?
                     }
