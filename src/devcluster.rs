@@ -204,7 +204,7 @@ impl DevCluster {
 
     /// Like [`DevCluster::psql`], in database `db`.
     pub fn psql_in(&self, node: &Node, db: &str, sql: &str) -> Result<String, ClusterError> {
-        let mut cmd = self.runner.command("psql");
+        let mut cmd = self.runner.client_command("psql");
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(self.host())
             .arg("-p")

@@ -68,6 +68,15 @@ fn primary_and_replica_stream_pause_and_stop() -> Result<(), ClusterError> {
     cluster.start_node(&replica)?;
     assert_eq!(cluster.psql(&replica, "SELECT 1;")?.trim(), "1");
 
+    cluster.promote(&replica)?;
+    assert_eq!(
+        cluster
+            .psql(&replica, "SELECT pg_is_in_recovery();")?
+            .trim(),
+        "f"
+    );
+    assert!(cluster.promote(&primary).is_err());
+
     cluster.stop();
     assert!(!base.exists());
     Ok(())

@@ -125,10 +125,21 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    /// A command for Postgres program `prog` of the bin dir.
+    /// A command for Postgres program `prog` of the bin dir, as `postgres` when root (initdb and
+    /// the server refuse root; pg_basebackup must create files the server can own).
     pub(crate) fn command(&self, prog: &str) -> Command {
+        self.build(prog, self.as_postgres)
+    }
+
+    /// A command for a pure client program (psql) that runs as the current user: it only talks
+    /// TCP to a node, so it needs no `runuser` round trip.
+    pub(crate) fn client_command(&self, prog: &str) -> Command {
+        self.build(prog, false)
+    }
+
+    fn build(&self, prog: &str, as_postgres: bool) -> Command {
         let path = self.bin.join(prog);
-        let mut cmd = if self.as_postgres {
+        let mut cmd = if as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(path);
             c

@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# Compares the same pgbench workload run directly against Postgres, through PgBouncer and through
+# pgsluice, interleaved round-robin so machine noise hits all three alike. Prints, per client count,
+# the median TPS of each target, its ratio to direct, and each proxy's CPU seconds per 1000
+# transactions (utime+stime of the proxy process from /proc/<pid>/stat around each run).
+#
+# Starts its own throwaway Postgres (initdb; as the OS user postgres when run as root), PgBouncer
+# (unprivileged, generated ini) and pgsluice (release build, generated YAML) on free loopback ports,
+# and removes everything it started on exit.
+#
+# Usage: benches/pgbench_compare.sh [options]        (any cwd)
+#   -c LIST   client counts               (env CLIENTS, default "10 100")
+#   -T SECS   duration of one run          (env DURATION, default 15)
+#   -r N      rounds                       (env ROUNDS, default 3)
+#   -p N      pool size of both proxies    (env POOL_SIZE, default 20)
+#   -m MODE   pool mode: session|transaction (env POOL_MODE, default session)
+#   -f FLAGS  pgbench workload flags       (env PGBENCH_FLAGS, default "-S")
+#   -M PROTO  pgbench -M: simple|extended|prepared (env PROTOCOL, default simple)
+#   -t LIST   targets to run               (env TARGETS, default "direct pgbouncer pgsluice")
+#   -s N      pgbench scale                (env SCALE, default 10)
+#   -j N      pgbench threads, capped at the client count (env THREADS, default nproc)
+# Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
+# Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
+# Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
+set -euo pipefail
+
+CLIENTS=${CLIENTS:-"10 100"}
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-3}
+POOL_SIZE=${POOL_SIZE:-20}
+POOL_MODE=${POOL_MODE:-session}
+PGBENCH_FLAGS=${PGBENCH_FLAGS:-"-S"}
+PROTOCOL=${PROTOCOL:-simple}
+TARGETS=${TARGETS:-"direct pgbouncer pgsluice"}
+SCALE=${SCALE:-10}
+THREADS=${THREADS:-$(nproc)}
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+while getopts "c:T:r:p:m:f:M:t:s:j:h" opt; do
+    case $opt in
+    c) CLIENTS=$OPTARG ;;
+    T) DURATION=$OPTARG ;;
+    r) ROUNDS=$OPTARG ;;
+    p) POOL_SIZE=$OPTARG ;;
+    m) POOL_MODE=$OPTARG ;;
+    f) PGBENCH_FLAGS=$OPTARG ;;
+    M) PROTOCOL=$OPTARG ;;
+    t) TARGETS=$OPTARG ;;
+    s) SCALE=$OPTARG ;;
+    j) THREADS=$OPTARG ;;
+    h) usage 0 ;;
+    *) usage 2 >&2 ;;
+    esac
+done
+case $POOL_MODE in session | transaction) ;; *) echo "pool mode must be session or transaction" >&2; exit 2 ;; esac
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+
+log() { echo "==> $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- environment
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+ensure_postgres
+wants pgbouncer && ensure_pgbouncer
+command -v pgbench >/dev/null || die "pgbench not found (package postgresql-client)"
+
+pg_bin_dir() {
+    if [ -n "${PGSLUICE_PG_BIN:-}" ]; then echo "$PGSLUICE_PG_BIN"; return; fi
+    if command -v pg_config >/dev/null && [[ $(pg_config --version) == "PostgreSQL 15."* ]]; then
+        pg_config --bindir; return
+    fi
+    find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -t/ -k5,5n | tail -n1
+}
+PG_BIN=$(pg_bin_dir)
+[ -x "$PG_BIN/initdb" ] || die "no initdb in $PG_BIN"
+
+# Run Postgres and PgBouncer unprivileged: as the OS user postgres when we are root.
+if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
+
+SLUICE_BIN=${PGSLUICE_BIN:-"${CARGO_TARGET_DIR:-$REPO/target}/release/pgsluice"}
+if wants pgsluice && [ -z "${PGSLUICE_BIN:-}" ]; then
+    log "building pgsluice (release)"
+    cargo build --release --bin pgsluice
+fi
+
+# ---------------------------------------------------------------- cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgsluice-bench.XXXXXX")
+chmod 0700 "$WORK"
+[ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK"
+SLUICE_PID=""
+BOUNCER_PID=""
+PG_STARTED=0
+
+cleanup() {
+    set +e
+    [ -n "$SLUICE_PID" ] && kill "$SLUICE_PID" 2>/dev/null && wait "$SLUICE_PID" 2>/dev/null
+    [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
+    [ "$PG_STARTED" -eq 1 ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1
+    sleep 0.5
+    if [ -n "${KEEP_WORK:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        port_in_use "$p" || { echo "$p"; return; }
+    done
+    die "no free port"
+}
+
+# wait_ready PORT NAME PID-or-empty: until `SELECT 1` works through the port (30 s).
+wait_ready() {
+    local port=$1 name=$2 pid=${3:-}
+    for _ in $(seq 1 300); do
+        if "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d bench -c 'SELECT 1' >/dev/null 2>&1; then
+            return 0
+        fi
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    tail -n 30 "$WORK/$name.log" >&2 2>/dev/null || true
+    die "$name did not become ready on port $port (log above)"
+}
+
+# cpu_ticks PID: utime+stime in clock ticks (fields 14 and 15, counted after the "(comm)" field).
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat") || die "process $1 is gone"
+    stat=${stat##*) }
+    # shellcheck disable=SC2086
+    set -- $stat
+    echo $(("${12}" + "${13}"))
+}
+
+# median of the numbers on stdin ("-" if none).
+median() {
+    sort -g | awk 'NF { v[++n] = $1 } END {
+        if (n == 0) { print "-"; exit }
+        if (n % 2) print v[(n + 1) / 2]; else print (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+
+# ---------------------------------------------------------------- Postgres
+# shellcheck disable=SC2086 # word splitting of the lists is intended
+MAX_CLIENTS=$(printf '%s\n' $CLIENTS | sort -n | tail -n1)
+PG_PORT=$(free_port)
+log "starting Postgres on port $PG_PORT"
+"${AS_PG[@]}" "$PG_BIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
+    { cat "$WORK/initdb.log" >&2; die "initdb failed"; }
+cat >>"$WORK/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK'
+max_connections = $((MAX_CLIENTS + 2 * POOL_SIZE + 20))
+shared_buffers = 128MB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+logging_collector = off
+EOF
+"${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/postgres.log" -w -t 60 start >/dev/null ||
+    { tail -n 30 "$WORK/postgres.log" >&2; die "Postgres did not start"; }
+PG_STARTED=1
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'CREATE DATABASE bench'
+log "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres bench >"$WORK/pgbench-init.log" 2>&1 ||
+    { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# ---------------------------------------------------------------- PgBouncer
+declare -A PORT=([direct]=$PG_PORT) PID=()
+if wants pgbouncer; then
+    PORT[pgbouncer]=$(free_port)
+    echo '"postgres" ""' >"$WORK/userlist.txt"
+    cat >"$WORK/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = ${PORT[pgbouncer]}
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = $POOL_MODE
+default_pool_size = $POOL_SIZE
+max_client_conn = $((MAX_CLIENTS + 100))
+pidfile = $WORK/pgbouncer.pid
+logfile = $WORK/pgbouncer.log
+ignore_startup_parameters = extra_float_digits
+EOF
+    [ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
+    log "starting PgBouncer on port ${PORT[pgbouncer]} ($POOL_MODE, pool $POOL_SIZE)"
+    "${AS_PG[@]}" pgbouncer -q "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.stderr" 2>&1 &
+    for _ in $(seq 1 100); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.1; done
+    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null) ||
+        { cat "$WORK/pgbouncer.stderr" "$WORK/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer wrote no pidfile"; }
+    PID[pgbouncer]=$BOUNCER_PID
+    wait_ready "${PORT[pgbouncer]}" pgbouncer "$BOUNCER_PID"
+fi
+
+# ---------------------------------------------------------------- pgsluice
+if wants pgsluice; then
+    PORT[pgsluice]=$(free_port)
+    cat >"$WORK/pgsluice.yaml" <<EOF
+listeners: [{ address: "127.0.0.1:${PORT[pgsluice]}" }]
+auth: { method: trust }
+pool: { mode: $POOL_MODE, size: $POOL_SIZE }
+users: [{ name: postgres }]
+databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
+EOF
+    log "starting pgsluice on port ${PORT[pgsluice]} ($POOL_MODE, pool $POOL_SIZE)"
+    RUST_LOG=${RUST_LOG:-warn} "$SLUICE_BIN" run -c "$WORK/pgsluice.yaml" >"$WORK/pgsluice.log" 2>&1 &
+    SLUICE_PID=$!
+    PID[pgsluice]=$SLUICE_PID
+    wait_ready "${PORT[pgsluice]}" pgsluice "$SLUICE_PID"
+fi
+
+# ---------------------------------------------------------------- runs
+declare -A TPS=() CPU=()
+RUN=0
+for clients in $CLIENTS; do
+    threads=$((THREADS < clients ? THREADS : clients))
+    for round in $(seq 1 "$ROUNDS"); do
+        for target in $TARGETS; do
+            [ -n "${PORT[$target]:-}" ] || die "unknown target $target"
+            RUN=$((RUN + 1))
+            out="$WORK/run-$RUN-$target-$clients.log"
+            log "round $round/$ROUNDS: $target, $clients clients"
+            before=0
+            [ -n "${PID[$target]:-}" ] && before=$(cpu_ticks "${PID[$target]}")
+            # shellcheck disable=SC2086
+            if ! timeout $((DURATION + 60)) pgbench -n -h 127.0.0.1 -p "${PORT[$target]}" -U postgres \
+                -c "$clients" -j "$threads" -T "$DURATION" -M "$PROTOCOL" $PGBENCH_FLAGS bench >"$out" 2>&1; then
+                echo "pgbench against $target failed:" >&2
+                tail -n 5 "$out" >&2
+                continue
+            fi
+            txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
+            tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | tail -n1)
+            if [ -z "$txs" ] || [ -z "$tps" ]; then
+                echo "unparsable pgbench output for $target (see $out)" >&2
+                continue
+            fi
+            TPS[$target,$clients]+="$tps "
+            if [ -n "${PID[$target]:-}" ] && [ "$txs" -gt 0 ]; then
+                after=$(cpu_ticks "${PID[$target]}")
+                CPU[$target,$clients]+="$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txs" \
+                    'BEGIN { printf "%.4f", t / hz / n * 1000 }') "
+            fi
+        done
+    done
+done
+
+# ---------------------------------------------------------------- report
+# fmt NUMBER DECIMALS: fixed-point, or "-" passed through.
+fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-") print "-"; else printf "%.*f\n", d, v }'; }
+echo
+echo "pgbench $PGBENCH_FLAGS -M $PROTOCOL, ${DURATION}s x $ROUNDS rounds, pool $POOL_MODE/$POOL_SIZE, scale $SCALE"
+printf '%-8s %-10s %12s %9s %18s\n' clients target "TPS(median)" "vs direct" "CPU s/1000 tx"
+# shellcheck disable=SC2086 # word splitting of the sample lists is intended
+for clients in $CLIENTS; do
+    direct=$(printf '%s\n' ${TPS[direct,$clients]:-} | median)
+    for target in $TARGETS; do
+        tps=$(printf '%s\n' ${TPS[$target,$clients]:-} | median)
+        ratio=$(awk -v a="$tps" -v b="$direct" 'BEGIN {
+            if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.3f", a / b }')
+        cpu=$(printf '%s\n' ${CPU[$target,$clients]:-} | median)
+        printf '%-8s %-10s %12s %9s %18s\n' "$clients" "$target" "$(fmt "$tps" 0)" "$ratio" "$(fmt "$cpu" 4)"
+    done
+done
