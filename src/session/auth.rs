@@ -86,10 +86,10 @@ pub async fn authenticate(
                 let _ = md5_exchange(stream, buf, framer, user, None).await?;
                 Err(fail())
             }
-            _ => {
-                scram_exchange(stream, buf, framer, mock, tls_cert).await?;
-                Err(fail())
-            }
+            _ => match scram_exchange(stream, buf, framer, mock, tls_cert).await {
+                Ok(()) | Err(ClientError::Auth(AuthError::WrongPassword)) => Err(fail()),
+                Err(other) => Err(other),
+            },
         };
     };
     let method = match (entry.method, &entry.credential) {

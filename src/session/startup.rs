@@ -78,7 +78,9 @@ pub async fn open(
             }
             StartupPacket::Startup(startup) => {
                 if mode == ClientTlsMode::Require && !stream.is_tls() {
-                    return Err(ClientError::TlsRequired);
+                    let error = ClientError::TlsRequired;
+                    super::report(&mut stream, &error).await;
+                    return Err(error);
                 }
                 return Ok(Opening::Session {
                     stream,

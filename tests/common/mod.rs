@@ -70,9 +70,20 @@ pub struct Proxy {
     task: JoinHandle<()>,
 }
 
-/// Starts pgsluice on 127.0.0.1:0 with `yaml`.
+/// Starts pgsluice on 127.0.0.1:0 with `yaml`; clients still connected when the test stops it are
+/// closed after one second (tests of draining use [`start_proxy_with`]).
 pub async fn start_proxy(yaml: &str) -> Proxy {
-    let config = config::load_str(yaml, &|_| None).expect("test config is valid");
+    let mut config = config::load_str(yaml, &|_| None).expect("test config is valid");
+    config.limits.shutdown_timeout = Duration::from_secs(1);
+    start_proxy_with(config).await
+}
+
+/// Starts pgsluice on 127.0.0.1:0 with `config` as given.
+pub async fn start_proxy_with(config: config::Config) -> Proxy {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let app = Arc::new(App::new(config).expect("app starts"));
@@ -150,7 +161,8 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> Option<String> {
 
 /// Directory of Postgres client binaries (psql, pgbench) matching the cluster's server.
 pub fn pg_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("PGSLUICE_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let dir =
+        std::env::var("PGSLUICE_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     let candidate = PathBuf::from(dir).join(name);
     if candidate.exists() {
         candidate
