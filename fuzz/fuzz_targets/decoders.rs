@@ -29,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
             let mut out = BytesMut::new();
             msg.encode(&mut out);
             let again = framer.next_frame(&mut out).unwrap().unwrap();
-            assert_eq!(BackendMessage::decode(&again), Ok(msg), "backend round trip");
+            assert_eq!(
+                BackendMessage::decode(&again),
+                Ok(msg),
+                "backend round trip"
+            );
         }
         let _ = parse_password(frame.body());
         let _ = parse_sasl_initial_response(frame.body());
@@ -57,6 +61,9 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(forwarded >= framed);
     if !pt.in_message() {
-        assert_eq!(forwarded, framed, "passthrough and framer disagree on boundaries");
+        assert_eq!(
+            forwarded, framed,
+            "passthrough and framer disagree on boundaries"
+        );
     }
 });
