@@ -89,7 +89,7 @@ struct BindLayout {
 
 impl Bind {
     /// Builds a Bind (allocates; for the proxy's own messages and tests). `params` are the values in
-    /// order, `None` for SQL NULL.
+    /// order, `None` for SQL NULL. `portal` and `statement` must not contain NUL.
     pub fn new(
         portal: &[u8],
         statement: &[u8],
