@@ -57,6 +57,8 @@ pub enum GenerationError {
     ServerTls(crate::net::NetError),
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("{0}: pool mode transaction is not implemented yet; use session")]
+    TransactionModeUnsupported(String),
 }
 
 impl Generation {
@@ -70,6 +72,7 @@ impl Generation {
         };
         let server_tls =
             ServerTlsConnector::new(&config.server_tls).map_err(GenerationError::ServerTls)?;
+        refuse_transaction_mode(&config)?;
         let auth = AuthTable::build(&config).map_err(GenerationError::Credentials)?;
         let pools = PoolSet::build(&config, &server_tls);
         let topology = config
@@ -86,6 +89,21 @@ impl Generation {
             server_tls,
         })
     }
+}
+
+/// Transaction pooling is not built yet; refusing it beats silently pooling by session.
+fn refuse_transaction_mode(config: &Config) -> Result<(), GenerationError> {
+    for database in &config.databases {
+        for user in &config.users {
+            if config.pool_settings(database, user).mode == crate::config::PoolMode::Transaction {
+                return Err(GenerationError::TransactionModeUnsupported(format!(
+                    "database {} / user {}",
+                    database.name, user.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The topology as configured, before any health check has run.
