@@ -20,6 +20,7 @@
 #   -s N      pgbench scale                (env SCALE, default 10)
 #   -j N      pgbench threads, capped at the client count (env THREADS, default nproc)
 # Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
+# Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "limits: { worker_threads: 1 }").
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
 set -euo pipefail
@@ -216,6 +217,7 @@ auth: { method: trust }
 pool: { mode: $POOL_MODE, size: $POOL_SIZE }
 users: [{ name: postgres }]
 databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
+${PGSLUICE_EXTRA_YAML:-}
 EOF
     log "starting pgsluice on port ${PORT[pgsluice]} ($POOL_MODE, pool $POOL_SIZE)"
     RUST_LOG=${RUST_LOG:-warn} "$SLUICE_BIN" run -c "$WORK/pgsluice.yaml" >"$WORK/pgsluice.log" 2>&1 &

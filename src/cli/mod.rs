@@ -113,14 +113,13 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-/// Builds the multi-threaded runtime with `limits.worker_threads` workers (0 = one per CPU).
-pub fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if config.limits.worker_threads > 0 {
-        builder.worker_threads(config.limits.worker_threads);
-    }
-    builder.build().context("starting the runtime")
+/// Builds the main runtime: accept loops, signals and pool housekeeping. Client sessions run on
+/// the app's own worker threads (`limits.worker_threads`), not here.
+pub fn runtime(_config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
@@ -150,7 +149,7 @@ pub async fn serve_with_signals(
     notify(&[sd_notify::NotifyState::Ready]);
     loop {
         tokio::select! {
-            _ = &mut serving => return Ok(()),
+            served = &mut serving => return Ok(served?),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(app, config_path),
@@ -159,8 +158,7 @@ pub async fn serve_with_signals(
     tracing::info!("shutdown requested");
     notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
-    serving.await;
-    Ok(())
+    Ok(serving.await?)
 }
 
 fn reload(app: &App, config_path: Option<&Path>) {

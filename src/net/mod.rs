@@ -14,6 +14,16 @@ pub use frames::{read_frame, FrameReadError};
 pub use stream::Stream;
 pub use tls::{ClientTlsAcceptor, ServerTlsConnector};
 
+/// Which runtime's reactor a socket is registered with: one per worker thread, plus the main
+/// runtime (accept loops, housekeeping). A socket used on another worker is re-registered first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub usize);
+
+impl WorkerId {
+    /// The main runtime (not a session worker).
+    pub const MAIN: WorkerId = WorkerId(usize::MAX);
+}
+
 /// Errors of the network layer, named by what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

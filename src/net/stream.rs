@@ -1,5 +1,7 @@
 //! `Stream`: one socket that is either plain TCP or TLS (as a server towards clients, or as a client
-//! towards Postgres), so the layers above read and write without caring which.
+//! towards Postgres), so the layers above read and write without caring which. The TCP socket can be
+//! moved to another worker's reactor ([`Stream::rebind`]) when a pooled server connection is used by
+//! a client on a different worker thread.
 
 use std::io;
 use std::pin::Pin;
@@ -8,29 +10,127 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// A TCP socket that can be re-registered with the reactor of the runtime it is used on.
+#[derive(Debug)]
+pub struct Tcp(Option<TcpStream>);
+
+impl Tcp {
+    pub fn new(stream: TcpStream) -> Tcp {
+        Tcp(Some(stream))
+    }
+
+    fn get(&mut self) -> io::Result<&mut TcpStream> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "socket lost in rebind"))
+    }
+
+    /// Moves the socket to the current runtime's reactor. Must run inside that runtime.
+    fn rebind(&mut self) -> io::Result<()> {
+        let Some(stream) = self.0.take() else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "socket lost in rebind",
+            ));
+        };
+        let std = stream.into_std()?;
+        self.0 = Some(TcpStream::from_std(std)?);
+        Ok(())
+    }
+
+    /// The socket itself, when it is not in the middle of a rebind.
+    pub fn inner(&self) -> Option<&TcpStream> {
+        self.0.as_ref()
+    }
+}
+
+fn pending_or<T>(
+    result: io::Result<&mut TcpStream>,
+    f: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    match result {
+        Ok(stream) => f(Pin::new(stream)),
+        Err(e) => Poll::Ready(Err(e)),
+    }
+}
+
+impl AsyncRead for Tcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        pending_or(self.get_mut().get(), |s| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Tcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        pending_or(self.get_mut().get(), |s| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        pending_or(self.get_mut().get(), |s| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        pending_or(self.get_mut().get(), |s| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        pending_or(self.get_mut().get(), |s| s.poll_shutdown(cx))
+    }
+}
+
 /// A connection that may have been upgraded to TLS after an SSLRequest.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(Tcp),
     /// TLS where we are the TLS server (a client connected to us).
-    TlsAccepted(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    TlsAccepted(Box<tokio_rustls::server::TlsStream<Tcp>>),
     /// TLS where we are the TLS client (our connection to a Postgres server).
-    TlsConnected(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    TlsConnected(Box<tokio_rustls::client::TlsStream<Tcp>>),
 }
 
 impl Stream {
+    /// A plain TCP stream.
+    pub fn plain(stream: TcpStream) -> Stream {
+        Stream::Plain(Tcp::new(stream))
+    }
+
     /// Whether the bytes on this stream are encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
 
-    /// The underlying TCP socket (for addresses and socket options).
-    pub fn tcp(&self) -> &TcpStream {
+    /// Takes the plain socket back (to start TLS on it); `None` if TLS is already on.
+    pub fn into_plain(self) -> Result<TcpStream, Stream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::TlsAccepted(s) => s.get_ref().0,
-            Stream::TlsConnected(s) => s.get_ref().0,
+            Stream::Plain(Tcp(Some(tcp))) => Ok(tcp),
+            other => Err(other),
+        }
+    }
+
+    /// Re-registers the socket with the current runtime's reactor, so a connection opened on one
+    /// worker thread is driven by the worker that uses it now. Must run inside that runtime.
+    pub fn rebind(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.rebind(),
+            Stream::TlsAccepted(s) => s.get_mut().0.rebind(),
+            Stream::TlsConnected(s) => s.get_mut().0.rebind(),
         }
     }
 }

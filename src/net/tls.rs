@@ -12,6 +12,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::stream::Tcp;
 use super::{NetError, Stream};
 use crate::config::{ServerTls, ServerTlsMode};
 
@@ -81,7 +82,7 @@ impl ClientTlsAcceptor {
     pub async fn accept(&self, tcp: TcpStream) -> Result<Stream, NetError> {
         let tls = self
             .acceptor
-            .accept(tcp)
+            .accept(Tcp::new(tcp))
             .await
             .map_err(NetError::TlsHandshake)?;
         Ok(Stream::TlsAccepted(Box::new(tls)))
@@ -147,12 +148,12 @@ impl ServerTlsConnector {
     /// Runs the TLS handshake on a server socket whose SSLRequest was answered 'S'.
     pub async fn connect(&self, tcp: TcpStream, host: &str) -> Result<Stream, NetError> {
         let Some(connector) = &self.connector else {
-            return Ok(Stream::Plain(tcp));
+            return Ok(Stream::plain(tcp));
         };
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| NetError::InvalidServerName(host.to_string()))?;
         let tls = connector
-            .connect(name, tcp)
+            .connect(name, Tcp::new(tcp))
             .await
             .map_err(NetError::TlsHandshake)?;
         Ok(Stream::TlsConnected(Box::new(tls)))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Member, OpenSlot, Pool};
+use crate::net::WorkerId;
 
 /// How often each pool looks after itself.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,7 +65,7 @@ impl Pool {
             let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
-            match self.connect.connect().await {
+            match self.connect.connect(WorkerId::MAIN).await {
                 Ok(conn) => self.put_idle(Member {
                     conn,
                     _slot: OpenSlot::new(&self.open),

@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use set::{PoolKey, PoolSet};
 
 use crate::config::PoolSettings;
+use crate::net::WorkerId;
 use crate::server::{ConnectParams, ServerConnection, ServerError, ServerState};
 
 /// How long the proxy's own housekeeping queries (ROLLBACK, reset) may take before the connection is
@@ -138,7 +139,8 @@ impl Pool {
 
     /// Waits (FIFO) for a free slot up to `checkout_timeout`, then hands out an idle connection that is
     /// still alive, or opens a new one. A broken or expired idle connection is closed, never handed out.
-    pub async fn checkout(self: &Arc<Self>) -> Result<PooledServer, PoolError> {
+    /// The connection is driven by `worker`, the caller's runtime.
+    pub async fn checkout(self: &Arc<Self>, worker: WorkerId) -> Result<PooledServer, PoolError> {
         let started = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let acquired = tokio::time::timeout(
@@ -165,7 +167,10 @@ impl Pool {
         loop {
             let candidate = self.lock_idle().pop();
             let Some(mut member) = candidate else { break };
-            if self.expired(&member.conn) || !member.conn.check_alive() {
+            if self.expired(&member.conn)
+                || !member.conn.check_alive()
+                || member.conn.move_to(worker).is_err()
+            {
                 tracing::debug!(pool = %self.name, "closing stale idle server connection");
                 continue;
             }
@@ -173,7 +178,7 @@ impl Pool {
         }
         let conn = self
             .connect
-            .connect()
+            .connect(worker)
             .await
             .map_err(|source| PoolError::Connect {
                 pool: self.name.clone(),

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ServerConnection, ServerError, ServerState};
 use crate::config::ServerTlsMode;
-use crate::net::{self, read_frame, ServerTlsConnector, Stream};
+use crate::net::{self, read_frame, ServerTlsConnector, Stream, WorkerId};
 use crate::protocol::backend::{Authentication, BackendMessage};
 use crate::protocol::startup::{self, CancelKey};
 use crate::protocol::{frontend, Framer};
@@ -40,16 +40,16 @@ impl std::fmt::Debug for ConnectParams {
 }
 
 impl ConnectParams {
-    /// Opens, authenticates and readies a connection; the whole exchange is bounded by
-    /// `connect_timeout`.
-    pub async fn connect(&self) -> Result<ServerConnection, ServerError> {
-        match tokio::time::timeout(self.connect_timeout, self.connect_inner()).await {
+    /// Opens, authenticates and readies a connection on the runtime of `worker` (the caller's);
+    /// the whole exchange is bounded by `connect_timeout`.
+    pub async fn connect(&self, worker: WorkerId) -> Result<ServerConnection, ServerError> {
+        match tokio::time::timeout(self.connect_timeout, self.connect_inner(worker)).await {
             Ok(result) => result,
             Err(_) => Err(ServerError::Timeout(self.connect_timeout)),
         }
     }
 
-    async fn connect_inner(&self) -> Result<ServerConnection, ServerError> {
+    async fn connect_inner(&self, worker: WorkerId) -> Result<ServerConnection, ServerError> {
         let tcp = net::connect(&self.host, self.port, self.connect_timeout).await?;
         let mut stream = self.negotiate_tls(tcp).await?;
         let mut out = BytesMut::new();
@@ -88,12 +88,13 @@ impl ConnectParams {
             state: ServerState::Idle,
             created: now,
             last_used: now,
+            home: worker,
         })
     }
 
     async fn negotiate_tls(&self, mut tcp: tokio::net::TcpStream) -> Result<Stream, ServerError> {
         if *self.tls.mode() == ServerTlsMode::Disable {
-            return Ok(Stream::Plain(tcp));
+            return Ok(Stream::plain(tcp));
         }
         let mut out = BytesMut::new();
         startup::encode_ssl_request(&mut out);
@@ -102,7 +103,7 @@ impl ConnectParams {
         tcp.read_exact(&mut answer).await?;
         match answer[0] {
             b'S' => Ok(self.tls.connect(tcp, &self.host).await?),
-            b'N' if *self.tls.mode() == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' if *self.tls.mode() == ServerTlsMode::Prefer => Ok(Stream::plain(tcp)),
             b'N' => Err(ServerError::TlsRefused),
             other => Err(ServerError::Unexpected(other)),
         }

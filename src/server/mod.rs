@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 pub use connect::{send_cancel, ConnectParams};
 
-use crate::net::{read_frame, FrameReadError, NetError, Stream};
+use crate::net::{read_frame, FrameReadError, NetError, Stream, WorkerId};
 use crate::protocol::backend::{BackendMessage, ErrorFields, TransactionStatus};
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{frontend, Framer, ProtocolError};
@@ -82,6 +82,7 @@ pub struct ServerConnection {
     state: ServerState,
     created: Instant,
     last_used: Instant,
+    home: WorkerId,
 }
 
 impl ServerConnection {
@@ -129,6 +130,16 @@ impl ServerConnection {
     /// Time since it was last handed back.
     pub fn idle_for(&self) -> Duration {
         self.last_used.elapsed()
+    }
+
+    /// Makes `worker` (the caller's runtime) drive this connection's socket, re-registering it if it
+    /// was opened or last used on another worker. Must run inside that worker's runtime.
+    pub fn move_to(&mut self, worker: WorkerId) -> std::io::Result<()> {
+        if self.home != worker {
+            self.stream.rebind()?;
+            self.home = worker;
+        }
+        Ok(())
     }
 
     /// The socket, for relaying. Bytes read by the proxy itself and not yet consumed are in

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClientError;
 
 use crate::config::{Config, NodeRole};
-use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream};
+use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
 use crate::pool::{PoolSet, PooledServer};
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::startup::StartupMessage;
@@ -166,9 +166,10 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// Serves one accepted client connection until it ends. Never panics on client input; every failure
-/// the client can be told about is sent as an ErrorResponse with a SQLSTATE before closing.
-pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one accepted client connection until it ends, on the runtime of `worker`. Never panics on
+/// client input; every failure the client can be told about is sent as an ErrorResponse with a
+/// SQLSTATE before closing.
+pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, worker: WorkerId) {
     let (_slot, connected) = ClientSlot::take(&shared.clients);
     let generation = shared.generation.load_full();
     let limits = &generation.config.limits;
@@ -214,6 +215,7 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             user: &user,
             database: &database,
             peer,
+            worker,
         };
         session.serve(&mut stream, &startup, buf, started).await
     };
@@ -245,6 +247,7 @@ struct Session<'a> {
     user: &'a str,
     database: &'a str,
     peer: SocketAddr,
+    worker: WorkerId,
 }
 
 impl Session<'_> {
@@ -352,7 +355,7 @@ impl Session<'_> {
             .pools
             .get(self.database, self.user, node)
             .ok_or_else(|| ClientError::UnknownDatabase(self.database.to_string()))?;
-        Ok(pool.checkout().await?)
+        Ok(pool.checkout(self.worker).await?)
     }
 
     /// Relays until the session ends; records what the relay saw on the server connection.

@@ -99,6 +99,7 @@ pub async fn relay(
             &mut parameters,
         );
         tokio::select! {
+            biased;
             end = upstream => end,
             end = downstream => end,
             _ = stop.cancelled() => RelayEnd::Shutdown,

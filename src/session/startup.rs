@@ -29,7 +29,7 @@ pub async fn open(
     tls: Option<&ClientTlsAcceptor>,
     mode: ClientTlsMode,
 ) -> Result<Opening, ClientError> {
-    let mut stream = Stream::Plain(tcp);
+    let mut stream = Stream::plain(tcp);
     let mut buf = BytesMut::with_capacity(256);
     loop {
         let packet = loop {
@@ -61,19 +61,18 @@ pub async fn open(
                         phase: "data after SSLRequest",
                     });
                 }
-                stream = match (tls, mode, stream) {
-                    (
-                        Some(acceptor),
-                        ClientTlsMode::Prefer | ClientTlsMode::Require,
-                        Stream::Plain(mut tcp),
-                    ) => {
+                let offer = matches!(mode, ClientTlsMode::Prefer | ClientTlsMode::Require);
+                stream = match (tls, stream.into_plain()) {
+                    (Some(acceptor), Ok(mut tcp)) if offer => {
                         tcp.write_all(b"S").await.map_err(ClientError::Io)?;
                         acceptor.accept(tcp).await.map_err(ClientError::Tls)?
                     }
-                    (_, _, mut plain) => {
+                    (_, Ok(tcp)) => {
+                        let mut plain = Stream::plain(tcp);
                         plain.write_all(b"N").await.map_err(ClientError::Io)?;
                         plain
                     }
+                    (_, Err(other)) => other,
                 };
             }
             StartupPacket::Startup(startup) => {

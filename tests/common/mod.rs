@@ -91,7 +91,11 @@ pub async fn start_proxy_with(config: config::Config) -> Proxy {
     let task = tokio::spawn({
         let app = app.clone();
         let shutdown = shutdown.clone();
-        async move { app.serve(vec![listener], shutdown).await }
+        async move {
+            app.serve(vec![listener], shutdown)
+                .await
+                .expect("proxy serves")
+        }
     });
     Proxy {
         addr,

@@ -1,5 +1,8 @@
-//! The application lifecycle: build a generation from config, accept clients on bound listeners,
-//! reload, and drain on shutdown. Tests call [`App::serve`] with listeners bound to port 0.
+//! The application lifecycle: build a generation from config, accept clients on bound listeners and
+//! hand them to the session workers, reload, and drain on shutdown. Tests call [`App::serve`] with
+//! listeners bound to port 0.
+
+mod workers;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::net;
-use crate::session::{self, Generation, GenerationError, Shared};
+use crate::session::{Generation, GenerationError, Shared};
+use workers::Workers;
 
 /// How long sessions get to end after they were told to stop (after `shutdown_timeout`).
 const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -20,6 +24,8 @@ const HARD_STOP_GRACE: Duration = Duration::from_secs(5);
 pub enum AppError {
     #[error(transparent)]
     Generation(#[from] GenerationError),
+    #[error("cannot start worker threads: {0}")]
+    Workers(std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -98,19 +104,29 @@ impl App {
 
     /// Accepts clients on `listeners` until `shutdown` fires, then drains: stops accepting, lets
     /// sessions finish for up to `shutdown_timeout`, tells the rest to stop, and closes pools.
-    pub async fn serve(&self, listeners: Vec<TcpListener>, shutdown: CancellationToken) {
+    /// Sessions run on `limits.worker_threads` worker threads (0: one per CPU).
+    pub async fn serve(
+        &self,
+        listeners: Vec<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
         let sessions = TaskTracker::new();
+        let count = match self.shared.generation.load().config.limits.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let workers =
+            Arc::new(Workers::start(count, &self.shared, &sessions).map_err(AppError::Workers)?);
+        let accepting = TaskTracker::new();
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "listening");
+                tracing::info!(%addr, workers = count, "listening");
             }
-            let shared = self.shared.clone();
-            let sessions = sessions.clone();
-            let shutdown = shutdown.clone();
-            self.tracker
-                .spawn(accept_loop(listener, shared, sessions, shutdown));
+            accepting.spawn(accept_loop(listener, workers.clone(), shutdown.clone()));
         }
+        accepting.close();
         shutdown.cancelled().await;
+        accepting.wait().await;
         sessions.close();
         let timeout = self.shared.generation.load().config.limits.shutdown_timeout;
         tracing::info!(
@@ -129,20 +145,19 @@ impl App {
             self.shared.stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, sessions.wait()).await;
         }
+        if let Ok(workers) = Arc::try_unwrap(workers) {
+            workers.stop(HARD_STOP_GRACE).await;
+        }
         self.shared.generation.load().pools.close_all();
         self.lock_stop().cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(HARD_STOP_GRACE, self.tracker.wait()).await;
         tracing::info!("stopped");
+        Ok(())
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    sessions: TaskTracker,
-    shutdown: CancellationToken,
-) {
+async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -151,7 +166,7 @@ async fn accept_loop(
         match accepted {
             Ok((tcp, peer)) => {
                 net::tune_socket(&tcp);
-                sessions.spawn(session::run_client(shared.clone(), tcp, peer));
+                workers.dispatch(tcp, peer);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
