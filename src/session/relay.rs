@@ -1,12 +1,18 @@
-//! The relay between a client and its server connection: each direction forwards bytes after reading
-//! only message headers (bodies are never copied or decoded), except the few messages the proxy must
-//! see: Terminate from the client; ReadyForQuery and ParameterStatus from the server. Both directions
-//! run concurrently, so a client that pipelines while the server streams results cannot deadlock us.
+//! The relay between a client and its server connection, as one hand-written future that drives
+//! both directions: each forwards bytes after reading only message headers (bodies are never copied
+//! or decoded), except the few messages the proxy must see: Terminate from the client;
+//! ReadyForQuery and ParameterStatus from the server. A direction whose writes block stops reading
+//! (backpressure) while the other keeps flowing, so a client that pipelines while the server streams
+//! results cannot deadlock us. No locks, no allocation per message, one read and one write syscall
+//! per batch of messages.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
 
 use crate::net::Stream;
 use crate::protocol::backend::{self, TransactionStatus};
@@ -44,25 +50,222 @@ pub struct RelayOutcome {
     pub parameters: Vec<(String, String)>,
 }
 
-/// Requests in flight (sent and not yet answered with ReadyForQuery) and the last transaction status.
-#[derive(Debug, Default)]
+/// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
+#[derive(Debug)]
 struct Flight {
-    pending: AtomicI64,
-    status: AtomicU8,
-    /// Set when a direction stopped in the middle of a message.
-    torn: AtomicU8,
+    pending: i64,
+    status: TransactionStatus,
+    parameters: Vec<(String, String)>,
 }
 
-impl Flight {
-    fn state(&self) -> ServerState {
-        if self.torn.load(Ordering::Relaxed) != 0 || self.pending.load(Ordering::Relaxed) != 0 {
-            return ServerState::Busy;
+/// Which end a pipe reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Client,
+    Server,
+}
+
+/// One direction: a buffer, the header walker, and how much of the buffer is ready to write.
+#[derive(Debug)]
+struct Pipe {
+    source: Source,
+    buf: BytesMut,
+    pass: Passthrough,
+    /// Bytes at the front of `buf` cleared for forwarding.
+    ready: usize,
+    /// Set when the client's Terminate was reached: end once `ready` bytes are written.
+    terminated: bool,
+    /// Written bytes that may still sit in a TLS buffer.
+    need_flush: bool,
+    read_size: usize,
+    max_message_size: usize,
+}
+
+impl Pipe {
+    fn new(source: Source, buf: BytesMut, max_message_size: usize) -> Pipe {
+        let read_size = match source {
+            Source::Client => CLIENT_READ,
+            Source::Server => SERVER_READ,
+        };
+        Pipe {
+            source,
+            buf,
+            pass: Passthrough::default(),
+            ready: 0,
+            terminated: false,
+            need_flush: false,
+            read_size,
+            max_message_size,
         }
-        match self.status.load(Ordering::Relaxed) {
-            b'T' => ServerState::InTransaction,
-            b'E' => ServerState::FailedTransaction,
-            _ => ServerState::Idle,
+    }
+
+    fn gone(&self) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ClientGone,
+            Source::Server => RelayEnd::ServerGone,
         }
+    }
+
+    fn peer_gone(&self) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ServerGone,
+            Source::Server => RelayEnd::ClientGone,
+        }
+    }
+
+    fn protocol_error(&self, e: ProtocolError) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ClientProtocol(e),
+            Source::Server => RelayEnd::ServerProtocol(e),
+        }
+    }
+
+    /// Whether stopping here leaves the server connection out of step: a message only partly
+    /// forwarded or written, or (reading from the server) bytes read but not delivered, which would
+    /// otherwise reach the next client as the tail of a message.
+    fn torn(&self) -> bool {
+        let undelivered = match self.source {
+            Source::Client => self.ready > 0,
+            Source::Server => !self.buf.is_empty(),
+        };
+        self.pass.in_message() || undelivered
+    }
+
+    /// Moves data from `src` to `dst` until one of them would block (Pending) or the direction ends.
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+        flight: &mut Flight,
+    ) -> Poll<RelayEnd>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while self.ready > 0 {
+                match ready!(dst.as_mut().poll_write(cx, &self.buf[..self.ready])) {
+                    Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
+                    Ok(n) => {
+                        self.buf.advance(n);
+                        self.ready -= n;
+                        self.need_flush = true;
+                    }
+                }
+            }
+            if self.terminated {
+                return Poll::Ready(RelayEnd::ClientTerminated);
+            }
+            if let Err(e) = self.scan(flight) {
+                return Poll::Ready(self.protocol_error(e));
+            }
+            if self.ready > 0 || self.terminated {
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+                self.buf.reserve(self.read_size);
+            }
+            match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(self.gone()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    if self.need_flush {
+                        if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                            return Poll::Ready(self.peer_gone());
+                        }
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Clears buffered bytes for forwarding, message by message, looking at headers only, and at
+    /// whole frames for the few messages the proxy must understand.
+    fn scan(&mut self, flight: &mut Flight) -> Result<(), ProtocolError> {
+        loop {
+            match self
+                .pass
+                .step(&self.buf[self.ready..], self.max_message_size)?
+            {
+                Step::NeedMore => return Ok(()),
+                Step::Body { n } => {
+                    self.pass.advance(n);
+                    self.ready += n;
+                }
+                Step::Message { header, available } => {
+                    match (self.source, header.tag) {
+                        (Source::Client, b'X') => {
+                            // Terminate ends the session; it is not forwarded.
+                            self.terminated = true;
+                            return Ok(());
+                        }
+                        // Each of these is answered by exactly one ReadyForQuery.
+                        (Source::Client, b'Q' | b'S' | b'F') => flight.pending += 1,
+                        (Source::Server, b'Z' | b'S') => {
+                            if available < header.frame_len() {
+                                self.buf.reserve(header.frame_len() - available);
+                                return Ok(());
+                            }
+                            let start = self.ready + 5;
+                            let body = &self.buf[start..self.ready + header.frame_len()];
+                            observe(header.tag, body, flight)?;
+                        }
+                        _ => {}
+                    }
+                    self.pass.advance(available);
+                    self.ready += available;
+                }
+            }
+        }
+    }
+}
+
+/// Records what a ReadyForQuery or ParameterStatus says.
+fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<(), ProtocolError> {
+    if tag == b'Z' {
+        flight.status = backend::ready_for_query_status(body)?;
+        flight.pending -= 1;
+        return Ok(());
+    }
+    let mut parts = body.split(|b| *b == 0);
+    let name = parts.next().unwrap_or_default();
+    let value = parts.next().unwrap_or_default();
+    flight.parameters.push((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ));
+    Ok(())
+}
+
+/// Both directions of one client/server pair.
+struct Relay<'a> {
+    client: &'a mut Stream,
+    server: &'a mut Stream,
+    upstream: Pipe,
+    downstream: Pipe,
+    flight: Flight,
+}
+
+impl Future for Relay<'_> {
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let this = self.get_mut();
+        let client = Pin::new(&mut *this.client);
+        let server = Pin::new(&mut *this.server);
+        if let Poll::Ready(end) = this
+            .upstream
+            .poll_pump(cx, client, server, &mut this.flight)
+        {
+            return Poll::Ready(end);
+        }
+        let client = Pin::new(&mut *this.client);
+        let server = Pin::new(&mut *this.server);
+        this.downstream
+            .poll_pump(cx, server, client, &mut this.flight)
     }
 }
 
@@ -76,201 +279,32 @@ pub async fn relay(
     max_message_size: usize,
     stop: &tokio_util::sync::CancellationToken,
 ) -> RelayOutcome {
-    let flight = Flight {
-        status: AtomicU8::new(b'I'),
-        ..Flight::default()
+    let mut relay = Relay {
+        client,
+        server,
+        upstream: Pipe::new(Source::Client, client_buf, max_message_size),
+        downstream: Pipe::new(Source::Server, server_buf, usize::MAX),
+        flight: Flight {
+            pending: 0,
+            status: TransactionStatus::Idle,
+            parameters: Vec::new(),
+        },
     };
-    let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let (mut server_rx, mut server_tx) = tokio::io::split(server);
-    let mut parameters = Vec::new();
-    let end = {
-        let upstream = client_to_server(
-            &mut client_rx,
-            &mut server_tx,
-            client_buf,
-            max_message_size,
-            &flight,
-        );
-        let downstream = server_to_client(
-            &mut server_rx,
-            &mut client_tx,
-            server_buf,
-            &flight,
-            &mut parameters,
-        );
-        tokio::select! {
-            biased;
-            end = upstream => end,
-            end = downstream => end,
-            _ = stop.cancelled() => RelayEnd::Shutdown,
-        }
+    let end = tokio::select! {
+        biased;
+        end = &mut relay => end,
+        _ = stop.cancelled() => RelayEnd::Shutdown,
+    };
+    let busy = relay.flight.pending != 0 || relay.upstream.torn() || relay.downstream.torn();
+    let server_state = match (busy, relay.flight.status) {
+        (true, _) => ServerState::Busy,
+        (false, TransactionStatus::Idle) => ServerState::Idle,
+        (false, TransactionStatus::InTransaction) => ServerState::InTransaction,
+        (false, TransactionStatus::Failed) => ServerState::FailedTransaction,
     };
     RelayOutcome {
-        server_state: flight.state(),
         end,
-        parameters,
+        server_state,
+        parameters: relay.flight.parameters,
     }
-}
-
-/// Makes sure at least `want` more bytes fit without reallocating during the read.
-fn make_room(buf: &mut BytesMut, want: usize) {
-    if buf.capacity() - buf.len() < want / 4 {
-        buf.reserve(want);
-    }
-}
-
-async fn client_to_server<R, W>(
-    rx: &mut R,
-    tx: &mut W,
-    mut buf: BytesMut,
-    max: usize,
-    flight: &Flight,
-) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut pass = Passthrough::default();
-    loop {
-        let mut ready = 0;
-        let mut terminated = false;
-        loop {
-            let step = match pass.step(&buf[ready..], max) {
-                Ok(step) => step,
-                Err(e) => return RelayEnd::ClientProtocol(e),
-            };
-            match step {
-                Step::Body { n } => {
-                    pass.advance(n);
-                    ready += n;
-                }
-                Step::Message { header, available } => {
-                    match header.tag {
-                        b'X' => {
-                            terminated = true;
-                            break;
-                        }
-                        // Each of these is answered by exactly one ReadyForQuery.
-                        b'Q' | b'S' | b'F' => {
-                            flight.pending.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {}
-                    }
-                    pass.advance(available);
-                    ready += available;
-                }
-                Step::NeedMore => break,
-            }
-        }
-        if ready > 0 {
-            flight
-                .torn
-                .store(u8::from(pass.in_message()), Ordering::Relaxed);
-            if tx.write_all(&buf[..ready]).await.is_err() {
-                return RelayEnd::ServerGone;
-            }
-            buf.advance(ready);
-        }
-        if terminated {
-            return RelayEnd::ClientTerminated;
-        }
-        make_room(&mut buf, CLIENT_READ);
-        match rx.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => {
-                if !buf.is_empty() {
-                    // Part of a header arrived and the rest never will.
-                    flight
-                        .torn
-                        .store(u8::from(pass.in_message()), Ordering::Relaxed);
-                }
-                return RelayEnd::ClientGone;
-            }
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn server_to_client<R, W>(
-    rx: &mut R,
-    tx: &mut W,
-    mut buf: BytesMut,
-    flight: &Flight,
-    parameters: &mut Vec<(String, String)>,
-) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut pass = Passthrough::default();
-    loop {
-        let mut ready = 0;
-        loop {
-            let step = match pass.step(&buf[ready..], usize::MAX) {
-                Ok(step) => step,
-                Err(e) => return RelayEnd::ServerProtocol(e),
-            };
-            match step {
-                Step::Body { n } => {
-                    pass.advance(n);
-                    ready += n;
-                }
-                Step::Message { header, available } => {
-                    let inspect = matches!(header.tag, b'Z' | b'S');
-                    if inspect && available < header.frame_len() {
-                        // Needed whole; wait for the rest.
-                        let missing = header.frame_len() - available;
-                        buf.reserve(missing);
-                        break;
-                    }
-                    if inspect {
-                        let frame = &buf[ready..ready + header.frame_len()];
-                        if let Err(e) = observe(header.tag, &frame[5..], flight, parameters) {
-                            return RelayEnd::ServerProtocol(e);
-                        }
-                    }
-                    pass.advance(available);
-                    ready += available;
-                }
-                Step::NeedMore => break,
-            }
-        }
-        if ready > 0 {
-            if tx.write_all(&buf[..ready]).await.is_err() {
-                return RelayEnd::ClientGone;
-            }
-            buf.advance(ready);
-        }
-        make_room(&mut buf, SERVER_READ);
-        match rx.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return RelayEnd::ServerGone,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Records what a ReadyForQuery or ParameterStatus says.
-fn observe(
-    tag: u8,
-    body: &[u8],
-    flight: &Flight,
-    parameters: &mut Vec<(String, String)>,
-) -> Result<(), ProtocolError> {
-    if tag == b'Z' {
-        let status = match backend::ready_for_query_status(body)? {
-            TransactionStatus::Idle => b'I',
-            TransactionStatus::InTransaction => b'T',
-            TransactionStatus::Failed => b'E',
-        };
-        flight.status.store(status, Ordering::Relaxed);
-        flight.pending.fetch_sub(1, Ordering::Relaxed);
-        return Ok(());
-    }
-    let mut parts = body.split(|b| *b == 0);
-    let name = parts.next().unwrap_or_default();
-    let value = parts.next().unwrap_or_default();
-    parameters.push((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ));
-    Ok(())
 }
