@@ -422,3 +422,34 @@ async fn too_many_clients_get_53300() {
     proxy.app_client().await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn startup_parameters_reach_the_server_and_bad_ones_fail_the_login() {
+    let proxy = start_proxy(&proxy_yaml("size: 1", "")).await;
+    let mut config = proxy.pg_config("app", "app-pass", "sluice");
+    config
+        .application_name("sluice-test")
+        .options("-c statement_timeout=4321");
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT current_setting('application_name'), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "sluice-test");
+    assert_eq!(row.get::<_, String>(1), "4321ms");
+    drop(client);
+
+    let mut config = proxy.pg_config("app", "app-pass", "sluice");
+    config.options("-c TimeZone=Not/AZone");
+    let Err(err) = config.connect(tokio_postgres::NoTls).await else {
+        panic!("an invalid time zone must fail the login");
+    };
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"));
+    // The pool's only connection survived the failed login.
+    proxy.app_client().await;
+    proxy.stop().await;
+}

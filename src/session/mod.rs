@@ -274,11 +274,16 @@ impl Session<'_> {
 
         let mut server = self.checkout().await?;
         if let Some(sql) = params::set_statements(&settings, server.conn().params()) {
-            server
+            // A bad value (e.g. an unknown time zone) fails the login, as it would on Postgres;
+            // the server connection itself is fine and goes back to the pool.
+            if let Err(e) = server
                 .conn()
                 .run_query(&sql, config.pool.checkout_timeout)
                 .await
-                .map_err(ClientError::Server)?;
+            {
+                server.release(true).await;
+                return Err(ClientError::Server(e));
+            }
         }
         let cancel = self.shared.cancels.issue();
         let target = server.pool().connect_params();
