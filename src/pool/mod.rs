@@ -258,14 +258,17 @@ impl PooledServer {
             ServerState::Busy | ServerState::Broken => false,
         };
         let reset_query = &self.pool.settings.reset_query;
+        let reset_ran = reset && !reset_query.is_empty();
         let clean = clean
-            && (!reset
-                || reset_query.is_empty()
+            && (!reset_ran
                 || conn
                     .run_query(reset_query, HOUSEKEEPING_TIMEOUT)
                     .await
                     .is_ok())
             && conn.state() == ServerState::Idle;
+        if reset_ran {
+            conn.set_applied_settings(Vec::new());
+        }
         if !clean {
             tracing::debug!(pool = %self.pool.name, state = ?conn.state(), "closing server connection that cannot be reused");
             conn.close().await;

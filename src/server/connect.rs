@@ -89,6 +89,7 @@ impl ConnectParams {
             created: now,
             last_used: now,
             home: worker,
+            applied: Vec::new(),
         })
     }
 

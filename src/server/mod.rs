@@ -83,6 +83,8 @@ pub struct ServerConnection {
     created: Instant,
     last_used: Instant,
     home: WorkerId,
+    /// Settings the proxy SET on this connection for a client (beyond the startup defaults).
+    applied: Vec<(String, String)>,
 }
 
 impl ServerConnection {
@@ -105,6 +107,16 @@ impl ServerConnection {
             Some(entry) => entry.1 = value.to_string(),
             None => self.params.push((name.to_string(), value.to_string())),
         }
+    }
+
+    /// Settings the proxy applied for the client that last used this connection.
+    pub fn applied_settings(&self) -> &[(String, String)] {
+        &self.applied
+    }
+
+    /// Records the settings now in force (after a SET/RESET the proxy ran, or a reset query).
+    pub fn set_applied_settings(&mut self, settings: Vec<(String, String)>) {
+        self.applied = settings;
     }
 
     /// The server's BackendKeyData, for forwarding cancel requests.

@@ -4,8 +4,10 @@
 
 pub mod auth;
 pub mod cancel;
+mod client;
 mod error;
 pub mod params;
+mod pins;
 pub mod relay;
 pub mod startup;
 
@@ -25,16 +27,11 @@ pub use error::ClientError;
 
 use crate::config::{Config, NodeRole};
 use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
-use crate::pool::{PoolSet, PooledServer};
-use crate::protocol::backend::{self, TransactionStatus};
-use crate::protocol::startup::StartupMessage;
-use crate::protocol::Framer;
-use crate::router::{self, Intent};
-use crate::server::ServerState;
+use crate::pool::PoolSet;
+use crate::protocol::backend;
 use crate::topology::{ClusterSnapshot, Health, NodeId, NodeState, Role};
 use auth::AuthTable;
-use cancel::{CancelRegistry, CancelTarget};
-use relay::RelayEnd;
+use cancel::CancelRegistry;
 
 /// Everything built from one configuration. Sessions load it once when they start; a reload builds a
 /// new one and swaps it in, so a session never sees half of an old config and half of a new one.
@@ -57,8 +54,6 @@ pub enum GenerationError {
     ServerTls(crate::net::NetError),
     #[error("credentials: {0}")]
     Credentials(String),
-    #[error("{0}: pool mode transaction is not implemented yet; use session")]
-    TransactionModeUnsupported(String),
 }
 
 impl Generation {
@@ -72,7 +67,6 @@ impl Generation {
         };
         let server_tls =
             ServerTlsConnector::new(&config.server_tls).map_err(GenerationError::ServerTls)?;
-        refuse_transaction_mode(&config)?;
         let auth = AuthTable::build(&config).map_err(GenerationError::Credentials)?;
         let pools = PoolSet::build(&config, &server_tls);
         let topology = config
@@ -89,21 +83,6 @@ impl Generation {
             server_tls,
         })
     }
-}
-
-/// Transaction pooling is not built yet; refusing it beats silently pooling by session.
-fn refuse_transaction_mode(config: &Config) -> Result<(), GenerationError> {
-    for database in &config.databases {
-        for user in &config.users {
-            if config.pool_settings(database, user).mode == crate::config::PoolMode::Transaction {
-                return Err(GenerationError::TransactionModeUnsupported(format!(
-                    "database {} / user {}",
-                    database.name, user.name
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The topology as configured, before any health check has run.
@@ -209,7 +188,7 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             max: limits.max_client_conn,
         })
     } else {
-        let session = Session {
+        let session = client::Session {
             shared: &shared,
             generation: &generation,
             user: &user,
@@ -238,164 +217,4 @@ async fn report(stream: &mut Stream, error: &ClientError) {
         let _ = stream.write_all(&out).await;
     }
     let _ = stream.shutdown().await;
-}
-
-/// One client session after its StartupMessage.
-struct Session<'a> {
-    shared: &'a Shared,
-    generation: &'a Generation,
-    user: &'a str,
-    database: &'a str,
-    peer: SocketAddr,
-    worker: WorkerId,
-}
-
-impl Session<'_> {
-    async fn serve(
-        &self,
-        stream: &mut Stream,
-        startup: &StartupMessage,
-        mut buf: BytesMut,
-        started: Instant,
-    ) -> Result<RelayEnd, ClientError> {
-        let config = &self.generation.config;
-        let framer = Framer::new(config.limits.max_message_size);
-        let login = self.login(stream, startup, &mut buf, &framer);
-        let remaining = config
-            .limits
-            .startup_timeout
-            .saturating_sub(started.elapsed());
-        let settings = tokio::time::timeout(remaining, login)
-            .await
-            .map_err(|_| ClientError::StartupTimeout)??;
-        let mut out = BytesMut::new();
-        backend::encode_auth(&backend::Authentication::Ok, &mut out);
-        stream.write_all(&out).await.map_err(ClientError::Io)?;
-
-        let mut server = self.checkout().await?;
-        if let Some(sql) = params::set_statements(&settings, server.conn().params()) {
-            // A bad value (e.g. an unknown time zone) fails the login, as it would on Postgres;
-            // the server connection itself is fine and goes back to the pool.
-            if let Err(e) = server
-                .conn()
-                .run_query(&sql, config.pool.checkout_timeout)
-                .await
-            {
-                server.release(true).await;
-                return Err(ClientError::Server(e));
-            }
-        }
-        let cancel = self.shared.cancels.issue();
-        let target = server.pool().connect_params();
-        cancel.set_target(Some(CancelTarget {
-            host: target.host.clone(),
-            port: target.port,
-            server_key: server.conn().backend_key(),
-        }));
-        out.clear();
-        for (name, value) in server.conn().params() {
-            backend::encode_parameter_status(name, value, &mut out);
-        }
-        backend::encode_backend_key_data(cancel.key(), &mut out);
-        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
-        stream.write_all(&out).await.map_err(ClientError::Io)?;
-        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database, pool = %server.pool().name(), "client connected");
-
-        let end = self.relay(stream, buf, &mut server, &framer).await;
-        cancel.set_target(None);
-        let reset = true;
-        server.release(reset).await;
-        end
-    }
-
-    /// Checks the database, user, startup parameters and password. Returns the settings to apply.
-    async fn login(
-        &self,
-        stream: &mut Stream,
-        startup: &StartupMessage,
-        buf: &mut BytesMut,
-        framer: &Framer,
-    ) -> Result<Vec<(String, String)>, ClientError> {
-        if self.user.is_empty() {
-            return Err(ClientError::NoUser);
-        }
-        if startup.minor_version > 0 {
-            let mut out = BytesMut::new();
-            let unrecognized: Vec<&str> = startup
-                .params
-                .iter()
-                .filter(|(k, _)| k.starts_with("_pq_."))
-                .map(|(k, _)| k.as_str())
-                .collect();
-            backend::encode_negotiate_protocol_version(0, &unrecognized, &mut out);
-            stream.write_all(&out).await.map_err(ClientError::Io)?;
-        }
-        if self.generation.config.database(self.database).is_none() {
-            return Err(ClientError::UnknownDatabase(self.database.to_string()));
-        }
-        let settings = params::requested_settings(startup).map_err(ClientError::Params)?;
-        let tls_cert = self.generation.client_tls.as_ref().map(|t| t.cert_der());
-        auth::authenticate(
-            &self.generation.auth,
-            self.user,
-            stream,
-            buf,
-            framer,
-            tls_cert,
-        )
-        .await?;
-        Ok(settings)
-    }
-
-    /// Routes (today: the primary) and checks a server connection out of that node's pool.
-    async fn checkout(&self) -> Result<PooledServer, ClientError> {
-        let snapshot = self
-            .generation
-            .topology
-            .get(self.database)
-            .ok_or_else(|| ClientError::UnknownDatabase(self.database.to_string()))?;
-        let node = router::route(self.database, snapshot, Intent::ReadWrite)?;
-        let pool = self
-            .generation
-            .pools
-            .get(self.database, self.user, node)
-            .ok_or_else(|| ClientError::UnknownDatabase(self.database.to_string()))?;
-        Ok(pool.checkout(self.worker).await?)
-    }
-
-    /// Relays until the session ends; records what the relay saw on the server connection.
-    async fn relay(
-        &self,
-        stream: &mut Stream,
-        buf: BytesMut,
-        server: &mut PooledServer,
-        framer: &Framer,
-    ) -> Result<RelayEnd, ClientError> {
-        let conn = server.conn();
-        let server_buf = conn.take_buffered();
-        let outcome = relay::relay(
-            stream,
-            buf,
-            conn.stream_mut(),
-            server_buf,
-            framer.max_message_size(),
-            &self.shared.stop,
-        )
-        .await;
-        for (name, value) in &outcome.parameters {
-            conn.note_parameter(name, value);
-        }
-        let state = match outcome.end {
-            RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => ServerState::Broken,
-            _ => outcome.server_state,
-        };
-        conn.set_state(state);
-        match outcome.end {
-            RelayEnd::ServerGone => Err(ClientError::ServerLost),
-            RelayEnd::ServerProtocol(e) => Err(ClientError::ServerProtocol(e)),
-            RelayEnd::ClientProtocol(e) => Err(ClientError::Protocol(e)),
-            RelayEnd::Shutdown => Err(ClientError::ShuttingDown),
-            end => Ok(end),
-        }
-    }
 }

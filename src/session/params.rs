@@ -93,19 +93,24 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, ParamError> {
     Ok(settings)
 }
 
-/// One `SET` per setting whose value differs from what the server reports (settings the server does
-/// not report are always set). `None` when nothing needs to change.
-pub fn set_statements(
-    settings: &[(String, String)],
-    server_params: &[(String, String)],
+/// The SET and RESET statements that give a server connection the client's settings: `desired`
+/// is what the client asked for, `applied` what the proxy set on this connection for its previous
+/// user, `reported` the server's ParameterStatus values. A setting already in force is skipped; one
+/// applied for someone else and not wanted now is RESET. `None` when nothing needs to change.
+pub fn sync_statements(
+    desired: &[(String, String)],
+    applied: &[(String, String)],
+    reported: &[(String, String)],
 ) -> Option<String> {
-    let mut sql = String::new();
-    for (name, value) in settings {
-        let current = server_params
-            .iter()
+    let find = |list: &[(String, String)], name: &str| {
+        list.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str());
-        if current == Some(value.as_str()) {
+            .map(|(_, v)| v.clone())
+    };
+    let mut sql = String::new();
+    for (name, value) in desired {
+        let current = find(applied, name).or_else(|| find(reported, name));
+        if current.as_deref() == Some(value.as_str()) {
             continue;
         }
         sql.push_str("SET ");
@@ -113,6 +118,13 @@ pub fn set_statements(
         sql.push_str(" TO ");
         push_literal(&mut sql, value);
         sql.push_str("; ");
+    }
+    for (name, _) in applied {
+        if find(desired, name).is_none() {
+            sql.push_str("RESET ");
+            sql.push_str(name);
+            sql.push_str("; ");
+        }
     }
     (!sql.is_empty()).then_some(sql)
 }
@@ -199,11 +211,18 @@ mod tests {
             ("datestyle".to_string(), "ISO, DMY".to_string()),
             ("application_name".to_string(), "it's \\ here".to_string()),
         ];
-        let sql = set_statements(&wanted, &server).unwrap();
+        let sql = sync_statements(&wanted, &[], &server).unwrap();
         assert_eq!(
             sql,
             "SET datestyle TO 'ISO, DMY'; SET application_name TO E'it''s \\\\ here'; "
         );
-        assert_eq!(set_statements(&wanted[..1], &server), None);
+        assert_eq!(sync_statements(&wanted[..1], &[], &server), None);
+        // What the previous client set and this one does not want is reset.
+        let applied = vec![
+            ("search_path".to_string(), "other".to_string()),
+            wanted[1].clone(),
+        ];
+        let sql = sync_statements(&wanted[..2], &applied, &server).unwrap();
+        assert_eq!(sql, "RESET search_path; ");
     }
 }

@@ -5,6 +5,11 @@
 //! (backpressure) while the other keeps flowing, so a client that pipelines while the server streams
 //! results cannot deadlock us. No locks, no allocation per message, one read and one write syscall
 //! per batch of messages.
+//!
+//! In transaction pooling the relay also finds the release point: the server said ReadyForQuery
+//! with status idle, every request was answered, no extended-protocol message awaits its Sync, and
+//! nothing is half-forwarded. Clients that create session state the pool cannot move (a named
+//! prepared statement, SET, LISTEN, ...) are pinned: they keep their server connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,6 +44,26 @@ pub enum RelayEnd {
     ServerProtocol(ProtocolError),
     /// The proxy is shutting down.
     Shutdown,
+    /// Transaction pooling: the transaction ended and the server connection can go back.
+    TransactionDone,
+}
+
+/// How the relay pools: session (never releases) or transaction (releases at each idle point).
+#[derive(Clone, Copy)]
+pub struct Policy {
+    pub transaction_pooling: bool,
+    /// Tells whether a simple query creates session state that pins the client (and why).
+    pub pins: fn(&str) -> Option<&'static str>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Policy(transaction_pooling: {})",
+            self.transaction_pooling
+        )
+    }
 }
 
 /// What the relay observed about the server connection, to decide whether it can be reused.
@@ -48,6 +73,10 @@ pub struct RelayOutcome {
     pub server_state: ServerState,
     /// ParameterStatus values the server reported while relaying.
     pub parameters: Vec<(String, String)>,
+    /// Client bytes read but not yet forwarded (the start of its next transaction).
+    pub client_buf: BytesMut,
+    /// Why the client must keep this server connection, if it must.
+    pub pinned: Option<&'static str>,
 }
 
 /// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
@@ -56,6 +85,9 @@ struct Flight {
     pending: i64,
     status: TransactionStatus,
     parameters: Vec<(String, String)>,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    pinned: Option<&'static str>,
 }
 
 /// Which end a pipe reads from.
@@ -73,8 +105,8 @@ struct Pipe {
     pass: Passthrough,
     /// Bytes at the front of `buf` cleared for forwarding.
     ready: usize,
-    /// Set when the client's Terminate was reached: end once `ready` bytes are written.
-    terminated: bool,
+    /// End the direction this way once `ready` bytes are written (Terminate, a release point).
+    stop: Option<RelayEnd>,
     /// Written bytes that may still sit in a TLS buffer.
     need_flush: bool,
     read_size: usize,
@@ -92,7 +124,7 @@ impl Pipe {
             buf,
             pass: Passthrough::default(),
             ready: 0,
-            terminated: false,
+            stop: None,
             need_flush: false,
             read_size,
             max_message_size,
@@ -138,6 +170,7 @@ impl Pipe {
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
         flight: &mut Flight,
+        policy: Policy,
     ) -> Poll<RelayEnd>
     where
         R: AsyncRead + ?Sized,
@@ -154,13 +187,19 @@ impl Pipe {
                     }
                 }
             }
-            if self.terminated {
-                return Poll::Ready(RelayEnd::ClientTerminated);
+            if let Some(end) = self.stop.take() {
+                if self.need_flush {
+                    if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                        return Poll::Ready(self.peer_gone());
+                    }
+                    self.need_flush = false;
+                }
+                return Poll::Ready(end);
             }
-            if let Err(e) = self.scan(flight) {
+            if let Err(e) = self.scan(flight, policy) {
                 return Poll::Ready(self.protocol_error(e));
             }
-            if self.ready > 0 || self.terminated {
+            if self.ready > 0 || self.stop.is_some() {
                 continue;
             }
             if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
@@ -184,9 +223,9 @@ impl Pipe {
 
     /// Clears buffered bytes for forwarding, message by message, looking at headers only, and at
     /// whole frames for the few messages the proxy must understand.
-    fn scan(&mut self, flight: &mut Flight) -> Result<(), ProtocolError> {
-        loop {
-            match self
+    fn scan(&mut self, flight: &mut Flight, policy: Policy) -> Result<(), ProtocolError> {
+        while self.stop.is_none() {
+            let (header, available) = match self
                 .pass
                 .step(&self.buf[self.ready..], self.max_message_size)?
             {
@@ -194,41 +233,89 @@ impl Pipe {
                 Step::Body { n } => {
                     self.pass.advance(n);
                     self.ready += n;
+                    continue;
                 }
-                Step::Message { header, available } => {
-                    match (self.source, header.tag) {
-                        (Source::Client, b'X') => {
-                            // Terminate ends the session; it is not forwarded.
-                            self.terminated = true;
-                            return Ok(());
-                        }
-                        // Each of these is answered by exactly one ReadyForQuery.
-                        (Source::Client, b'Q' | b'S' | b'F') => flight.pending += 1,
-                        (Source::Server, b'Z' | b'S') => {
-                            if available < header.frame_len() {
-                                self.buf.reserve(header.frame_len() - available);
-                                return Ok(());
-                            }
-                            let start = self.ready + 5;
-                            let body = &self.buf[start..self.ready + header.frame_len()];
-                            observe(header.tag, body, flight)?;
-                        }
-                        _ => {}
+                Step::Message { header, available } => (header, available),
+            };
+            let whole = self.ready..self.ready + header.frame_len();
+            let needs_whole = match self.source {
+                Source::Client => policy.transaction_pooling && matches!(header.tag, b'P' | b'Q'),
+                Source::Server => matches!(header.tag, b'Z' | b'S'),
+            };
+            if needs_whole && available < header.frame_len() {
+                self.buf.reserve(header.frame_len() - available);
+                return Ok(());
+            }
+            let body = if needs_whole {
+                &self.buf[whole.start + 5..whole.end]
+            } else {
+                &[][..]
+            };
+            match self.source {
+                Source::Client => {
+                    if header.tag == b'X' {
+                        // Terminate ends the session; it is not forwarded.
+                        self.stop = Some(RelayEnd::ClientTerminated);
+                        return Ok(());
                     }
-                    self.pass.advance(available);
-                    self.ready += available;
+                    note_request(header.tag, body, flight, policy);
+                }
+                Source::Server => {
+                    if observe(header.tag, body, flight)? && policy.transaction_pooling {
+                        self.stop = Some(RelayEnd::TransactionDone);
+                    }
                 }
             }
+            self.pass.advance(available);
+            self.ready += available;
         }
+        Ok(())
     }
 }
 
-/// Records what a ReadyForQuery or ParameterStatus says.
-fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<(), ProtocolError> {
+/// Tracks what a client request means for the server connection: requests awaiting ReadyForQuery,
+/// extended-protocol messages awaiting Sync, and session state that pins the client.
+fn note_request(tag: u8, body: &[u8], flight: &mut Flight, policy: Policy) {
+    match tag {
+        // Each of these is answered by exactly one ReadyForQuery.
+        b'Q' | b'F' => flight.pending += 1,
+        b'S' => {
+            flight.pending += 1;
+            flight.unsynced = false;
+        }
+        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => flight.unsynced = true,
+        _ => {}
+    }
+    if !policy.transaction_pooling || flight.pinned.is_some() {
+        return;
+    }
+    match tag {
+        // A named prepared statement lives on this server connection only.
+        b'P' if body.first().is_some_and(|b| *b != 0) => {
+            flight.pinned = Some("named prepared statement");
+        }
+        b'Q' => {
+            let sql = body.strip_suffix(&[0]).unwrap_or(body);
+            if let Ok(sql) = std::str::from_utf8(sql) {
+                flight.pinned = (policy.pins)(sql);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Records what a server message says; true at a release point (idle, nothing owed, not pinned).
+fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolError> {
     if tag == b'Z' {
         flight.status = backend::ready_for_query_status(body)?;
         flight.pending -= 1;
-        return Ok(());
+        return Ok(flight.pending == 0
+            && flight.status == TransactionStatus::Idle
+            && !flight.unsynced
+            && flight.pinned.is_none());
+    }
+    if tag != b'S' {
+        return Ok(false);
     }
     let mut parts = body.split(|b| *b == 0);
     let name = parts.next().unwrap_or_default();
@@ -237,7 +324,7 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<(), ProtocolErro
         String::from_utf8_lossy(name).into_owned(),
         String::from_utf8_lossy(value).into_owned(),
     ));
-    Ok(())
+    Ok(false)
 }
 
 /// Both directions of one client/server pair.
@@ -247,6 +334,7 @@ struct Relay<'a> {
     upstream: Pipe,
     downstream: Pipe,
     flight: Flight,
+    policy: Policy,
 }
 
 impl Future for Relay<'_> {
@@ -254,18 +342,36 @@ impl Future for Relay<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
-        let client = Pin::new(&mut *this.client);
-        let server = Pin::new(&mut *this.server);
-        if let Poll::Ready(end) = this
-            .upstream
-            .poll_pump(cx, client, server, &mut this.flight)
-        {
-            return Poll::Ready(end);
+        let policy = this.policy;
+        loop {
+            let client = Pin::new(&mut *this.client);
+            let server = Pin::new(&mut *this.server);
+            if let Poll::Ready(end) =
+                this.upstream
+                    .poll_pump(cx, client, server, &mut this.flight, policy)
+            {
+                return Poll::Ready(end);
+            }
+            let client = Pin::new(&mut *this.client);
+            let server = Pin::new(&mut *this.server);
+            match this
+                .downstream
+                .poll_pump(cx, server, client, &mut this.flight, policy)
+            {
+                Poll::Ready(RelayEnd::TransactionDone) if !this.releasable() => continue,
+                other => return other,
+            }
         }
-        let client = Pin::new(&mut *this.client);
-        let server = Pin::new(&mut *this.server);
-        this.downstream
-            .poll_pump(cx, server, client, &mut this.flight)
+    }
+}
+
+impl Relay<'_> {
+    /// At a release point, whether the connection is really free: no client message is partly
+    /// forwarded and no server bytes wait behind the ReadyForQuery.
+    fn releasable(&self) -> bool {
+        !self.upstream.pass.in_message()
+            && self.upstream.ready == 0
+            && self.downstream.buf.is_empty()
     }
 }
 
@@ -277,6 +383,7 @@ pub async fn relay(
     server: &mut Stream,
     server_buf: BytesMut,
     max_message_size: usize,
+    policy: Policy,
     stop: &tokio_util::sync::CancellationToken,
 ) -> RelayOutcome {
     let mut relay = Relay {
@@ -288,7 +395,10 @@ pub async fn relay(
             pending: 0,
             status: TransactionStatus::Idle,
             parameters: Vec::new(),
+            unsynced: false,
+            pinned: None,
         },
+        policy,
     };
     let end = tokio::select! {
         biased;
@@ -306,5 +416,7 @@ pub async fn relay(
         end,
         server_state,
         parameters: relay.flight.parameters,
+        client_buf: relay.upstream.buf,
+        pinned: relay.flight.pinned,
     }
 }

@@ -1,0 +1,258 @@
+//! One client session after its StartupMessage: login, then either session pooling (one server
+//! connection for the whole session) or transaction pooling (a server connection from the first
+//! message of a transaction until the server is idle again), relaying in between.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::cancel::{CancelGuard, CancelTarget};
+use super::relay::{self, Policy, RelayEnd};
+use super::{auth, params, pins, ClientError, Generation, Shared};
+use crate::config::PoolMode;
+use crate::net::{Stream, WorkerId};
+use crate::pool::{Pool, PooledServer};
+use crate::protocol::backend::{self, TransactionStatus};
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::Framer;
+use crate::router::{self, Intent};
+use crate::server::ServerState;
+
+/// Read size while a transaction-pooled client has no server connection.
+const IDLE_READ: usize = 1024;
+
+/// One logged-in (or logging-in) client.
+pub(super) struct Session<'a> {
+    pub shared: &'a Shared,
+    pub generation: &'a Generation,
+    pub user: &'a str,
+    pub database: &'a str,
+    pub peer: SocketAddr,
+    pub worker: WorkerId,
+}
+
+impl Session<'_> {
+    /// Logs the client in, greets it, then pools by session or by transaction until it leaves.
+    pub async fn serve(
+        &self,
+        stream: &mut Stream,
+        startup: &StartupMessage,
+        mut buf: BytesMut,
+        started: Instant,
+    ) -> Result<RelayEnd, ClientError> {
+        let config = &self.generation.config;
+        let framer = Framer::new(config.limits.max_message_size);
+        let login = self.login(stream, startup, &mut buf, &framer);
+        let remaining = config
+            .limits
+            .startup_timeout
+            .saturating_sub(started.elapsed());
+        let settings = tokio::time::timeout(remaining, login)
+            .await
+            .map_err(|_| ClientError::StartupTimeout)??;
+        let mut out = BytesMut::new();
+        backend::encode_auth(&backend::Authentication::Ok, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+
+        let pool = self.pool()?;
+        let mut server = self.checkout(&pool, &settings).await?;
+        let cancel = self.shared.cancels.issue();
+        out.clear();
+        for (name, value) in server.conn().params() {
+            backend::encode_parameter_status(name, value, &mut out);
+        }
+        backend::encode_backend_key_data(cancel.key(), &mut out);
+        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
+            pool = %pool.name(), mode = ?pool.settings().mode, "client connected");
+
+        match pool.settings().mode {
+            PoolMode::Session => {
+                let (end, _) = self
+                    .relay(stream, buf, &mut server, &cancel, &framer, false)
+                    .await;
+                server.release(true).await;
+                end
+            }
+            PoolMode::Transaction => {
+                server.release(false).await;
+                self.transactions(stream, buf, &pool, &settings, &cancel, &framer)
+                    .await
+            }
+        }
+    }
+
+    /// Transaction pooling: wait for the client's next message without a server connection, check one
+    /// out, relay to the end of the transaction, give it back; repeat.
+    async fn transactions(
+        &self,
+        stream: &mut Stream,
+        mut buf: BytesMut,
+        pool: &Arc<Pool>,
+        settings: &[(String, String)],
+        cancel: &CancelGuard<'_>,
+        framer: &Framer,
+    ) -> Result<RelayEnd, ClientError> {
+        loop {
+            if buf.is_empty() {
+                // Idle between transactions: hold no big buffer while waiting.
+                buf = BytesMut::with_capacity(IDLE_READ);
+                let read = tokio::select! {
+                    read = stream.read_buf(&mut buf) => read,
+                    _ = self.shared.stop.cancelled() => return Err(ClientError::ShuttingDown),
+                };
+                if read.map_err(ClientError::Io)? == 0 {
+                    return Ok(RelayEnd::ClientGone);
+                }
+            }
+            if buf.first() == Some(&b'X') {
+                return Ok(RelayEnd::ClientTerminated);
+            }
+            let mut server = self.checkout(pool, settings).await?;
+            let (end, rest) = self
+                .relay(stream, buf, &mut server, cancel, framer, true)
+                .await;
+            buf = rest;
+            let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
+            // A session that ends releases with the session-mode reset, so state never leaks.
+            server.release(reset).await;
+            match end {
+                Ok(RelayEnd::TransactionDone) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Checks the database, user, startup parameters and password. Returns the settings to apply.
+    async fn login(
+        &self,
+        stream: &mut Stream,
+        startup: &StartupMessage,
+        buf: &mut BytesMut,
+        framer: &Framer,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        if self.user.is_empty() {
+            return Err(ClientError::NoUser);
+        }
+        if startup.minor_version > 0 {
+            let mut out = BytesMut::new();
+            let unrecognized: Vec<&str> = startup
+                .params
+                .iter()
+                .filter(|(k, _)| k.starts_with("_pq_."))
+                .map(|(k, _)| k.as_str())
+                .collect();
+            backend::encode_negotiate_protocol_version(0, &unrecognized, &mut out);
+            stream.write_all(&out).await.map_err(ClientError::Io)?;
+        }
+        if self.generation.config.database(self.database).is_none() {
+            return Err(ClientError::UnknownDatabase(self.database.to_string()));
+        }
+        let settings = params::requested_settings(startup).map_err(ClientError::Params)?;
+        let tls_cert = self.generation.client_tls.as_ref().map(|t| t.cert_der());
+        auth::authenticate(
+            &self.generation.auth,
+            self.user,
+            stream,
+            buf,
+            framer,
+            tls_cert,
+        )
+        .await?;
+        Ok(settings)
+    }
+
+    /// Routes (today: the primary) to the pool of that node.
+    fn pool(&self) -> Result<Arc<Pool>, ClientError> {
+        let unknown = || ClientError::UnknownDatabase(self.database.to_string());
+        let snapshot = self
+            .generation
+            .topology
+            .get(self.database)
+            .ok_or_else(unknown)?;
+        let node = router::route(self.database, snapshot, Intent::ReadWrite)?;
+        let pool = self.generation.pools.get(self.database, self.user, node);
+        pool.cloned().ok_or_else(unknown)
+    }
+
+    /// Checks a server connection out and gives it the client's settings. A bad setting (e.g. an
+    /// unknown time zone) fails like it would on Postgres; the connection itself goes back.
+    async fn checkout(
+        &self,
+        pool: &Arc<Pool>,
+        settings: &[(String, String)],
+    ) -> Result<PooledServer, ClientError> {
+        let mut server = pool.checkout(self.worker).await?;
+        let conn = server.conn();
+        if let Some(sql) = params::sync_statements(settings, conn.applied_settings(), conn.params())
+        {
+            let timeout = pool.settings().checkout_timeout;
+            if let Err(e) = server.conn().run_query(&sql, timeout).await {
+                server.conn().set_applied_settings(Vec::new());
+                server.release(true).await;
+                return Err(ClientError::Server(e));
+            }
+            server.conn().set_applied_settings(settings.to_vec());
+        }
+        Ok(server)
+    }
+
+    /// Relays until the session (or, with `transaction_pooling`, the transaction) ends; records what
+    /// the relay saw on the server connection. Returns the client bytes not yet forwarded.
+    async fn relay(
+        &self,
+        stream: &mut Stream,
+        buf: BytesMut,
+        server: &mut PooledServer,
+        cancel: &CancelGuard<'_>,
+        framer: &Framer,
+        transaction_pooling: bool,
+    ) -> (Result<RelayEnd, ClientError>, BytesMut) {
+        let target = server.pool().connect_params();
+        cancel.set_target(Some(CancelTarget {
+            host: target.host.clone(),
+            port: target.port,
+            server_key: server.conn().backend_key(),
+        }));
+        let conn = server.conn();
+        let server_buf = conn.take_buffered();
+        let policy = Policy {
+            transaction_pooling,
+            pins: pins::pins_session,
+        };
+        let outcome = relay::relay(
+            stream,
+            buf,
+            conn.stream_mut(),
+            server_buf,
+            framer.max_message_size(),
+            policy,
+            &self.shared.stop,
+        )
+        .await;
+        cancel.set_target(None);
+        for (name, value) in &outcome.parameters {
+            conn.note_parameter(name, value);
+        }
+        if let Some(reason) = outcome.pinned {
+            tracing::info!(peer = %self.peer, user = %self.user, reason, "client pinned to its server connection until it disconnects");
+        }
+        let state = match outcome.end {
+            RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => ServerState::Broken,
+            _ => outcome.server_state,
+        };
+        conn.set_state(state);
+        let result = match outcome.end {
+            RelayEnd::ServerGone => Err(ClientError::ServerLost),
+            RelayEnd::ServerProtocol(e) => Err(ClientError::ServerProtocol(e)),
+            RelayEnd::ClientProtocol(e) => Err(ClientError::Protocol(e)),
+            RelayEnd::Shutdown => Err(ClientError::ShuttingDown),
+            end => Ok(end),
+        };
+        (result, outcome.client_buf)
+    }
+}
