@@ -72,13 +72,12 @@ async fn run_driver(mut cmd: Command, driver: &str) {
 const PYTHON_POOL: &str = "size: 20";
 const NODE_POOL: &str = "size: 10";
 
-#[tokio::test]
-async fn python_asyncpg_and_psycopg() {
+async fn run_python(pool: &str) {
     let python = venv_python();
     if !installed(&python, "python") {
         return;
     }
-    let proxy = start_proxy(&proxy_yaml(PYTHON_POOL, "")).await;
+    let proxy = start_proxy(&proxy_yaml(pool, "")).await;
     let mut cmd = Command::new(&python);
     cmd.arg(repo().join("tests/drivers/python/drivers_test.py"))
         .arg(proxy.url("app", "app-pass", "sluice"));
@@ -86,17 +85,38 @@ async fn python_asyncpg_and_psycopg() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn node_postgres_named_statements() {
+async fn run_node(pool: &str) {
     let dir = repo().join("tests/drivers/node");
     if !installed(&dir.join("node_modules/pg"), "node") {
         return;
     }
-    let proxy = start_proxy(&proxy_yaml(NODE_POOL, "")).await;
+    let proxy = start_proxy(&proxy_yaml(pool, "")).await;
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir)
         .arg("drivers_test.js")
         .arg(proxy.url("app", "app-pass", "sluice"));
     run_driver(cmd, "node").await;
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn python_asyncpg_and_psycopg() {
+    run_python(PYTHON_POOL).await;
+}
+
+#[tokio::test]
+async fn node_postgres_named_statements() {
+    run_node(NODE_POOL).await;
+}
+
+/// Transaction pooling: these drivers use named prepared statements (and SET), so today every
+/// client is pinned to its server connection; the programs must still see exactly their own state.
+#[tokio::test]
+async fn python_drivers_in_transaction_mode() {
+    run_python(&format!("mode: transaction, {PYTHON_POOL}")).await;
+}
+
+#[tokio::test]
+async fn node_postgres_in_transaction_mode() {
+    run_node(&format!("mode: transaction, {NODE_POOL}")).await;
 }
