@@ -165,7 +165,7 @@ impl Pool {
             Ok(Ok(permit)) => permit,
         };
         loop {
-            let candidate = self.lock_idle().pop();
+            let candidate = self.pop_idle(worker);
             let Some(mut member) = candidate else { break };
             if self.expired(&member.conn)
                 || !member.conn.check_alive()
@@ -202,6 +202,16 @@ impl Pool {
         let idle: Vec<Member> = std::mem::take(&mut *self.lock_idle());
         for member in idle {
             member.conn.close().await;
+        }
+    }
+
+    /// The most recently used idle connection, preferring one already driven by `worker` so it need
+    /// not move between reactors.
+    fn pop_idle(&self, worker: WorkerId) -> Option<Member> {
+        let mut idle = self.lock_idle();
+        match idle.iter().rposition(|m| m.conn.home() == worker) {
+            Some(index) => Some(idle.remove(index)),
+            None => idle.pop(),
         }
     }
 

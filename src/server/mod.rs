@@ -161,8 +161,19 @@ impl ServerConnection {
     }
 
     /// Bytes already read from the server but not consumed (normally empty between requests).
+    /// The buffer travels with the connection, so relaying does not allocate one per checkout.
     pub fn take_buffered(&mut self) -> BytesMut {
         std::mem::take(&mut self.read_buf)
+    }
+
+    /// Hands the read buffer back after relaying (its contents are unconsumed server bytes).
+    pub fn restore_buffer(&mut self, buf: BytesMut) {
+        self.read_buf = buf;
+    }
+
+    /// The worker whose reactor drives this connection's socket.
+    pub fn home(&self) -> WorkerId {
+        self.home
     }
 
     /// Whether the connection still looks usable without waiting: an idle server sends nothing, so any

@@ -5,17 +5,19 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use std::sync::Arc;
+
+use crate::pool::Pool;
 use crate::protocol::startup::CancelKey;
 use crate::server;
 
 /// How long forwarding one cancel request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a client's cancel request must go: the node and the server's own key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a client's cancel request must go: the pool (whose node it is) and the server's own key.
+#[derive(Clone, Debug)]
 pub struct CancelTarget {
-    pub host: String,
-    pub port: u16,
+    pub pool: Arc<Pool>,
     pub server_key: CancelKey,
 }
 
@@ -62,12 +64,9 @@ impl CancelRegistry {
             tracing::debug!("cancel request with unknown or idle key ignored");
             return;
         };
-        match server::send_cancel(&target.host, target.port, target.server_key, CANCEL_TIMEOUT)
-            .await
-        {
-            Ok(()) => {
-                tracing::info!(node = %format!("{}:{}", target.host, target.port), "forwarded cancel request")
-            }
+        let node = target.pool.connect_params();
+        match server::send_cancel(&node.host, node.port, target.server_key, CANCEL_TIMEOUT).await {
+            Ok(()) => tracing::info!(pool = %target.pool.name(), "forwarded cancel request"),
             Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
         }
     }
@@ -118,21 +117,37 @@ mod tests {
 
     #[test]
     fn targets_follow_the_client() {
-        let registry = CancelRegistry::default();
-        let guard = registry.issue();
-        let target = CancelTarget {
+        let tls = crate::net::ServerTlsConnector::new(&crate::config::ServerTls {
+            mode: crate::config::ServerTlsMode::Disable,
+            ..Default::default()
+        })
+        .unwrap();
+        let connect = crate::server::ConnectParams {
             host: "127.0.0.1".into(),
             port: 5432,
-            server_key: CancelKey {
-                process_id: 7,
-                secret_key: 9,
-            },
+            user: "u".into(),
+            password: None,
+            database: "d".into(),
+            tls,
+            connect_timeout: std::time::Duration::from_secs(1),
+            max_message_size: 1 << 20,
         };
-        guard.set_target(Some(target.clone()));
-        let stored = registry
-            .keys
-            .get(&guard.key())
-            .and_then(|e| e.value().clone());
-        assert_eq!(stored, Some(target));
+        let pool = Pool::new("d/u@n".into(), Default::default(), connect);
+        let registry = CancelRegistry::default();
+        let guard = registry.issue();
+        let server_key = CancelKey {
+            process_id: 7,
+            secret_key: 9,
+        };
+        let stored = |registry: &CancelRegistry| {
+            registry
+                .keys
+                .get(&guard.key())
+                .and_then(|e| e.value().as_ref().map(|t| t.server_key))
+        };
+        guard.set_target(Some(CancelTarget { pool, server_key }));
+        assert_eq!(stored(&registry), Some(server_key));
+        guard.set_target(None);
+        assert_eq!(stored(&registry), None);
     }
 }

@@ -99,8 +99,9 @@ impl Session<'_> {
     ) -> Result<RelayEnd, ClientError> {
         loop {
             if buf.is_empty() {
-                // Idle between transactions: hold no big buffer while waiting.
-                buf = BytesMut::with_capacity(IDLE_READ);
+                if buf.capacity() < IDLE_READ {
+                    buf.reserve(IDLE_READ);
+                }
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
                     _ = self.shared.stop.cancelled() => return Err(ClientError::ShuttingDown),
@@ -212,10 +213,8 @@ impl Session<'_> {
         framer: &Framer,
         transaction_pooling: bool,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
-        let target = server.pool().connect_params();
         cancel.set_target(Some(CancelTarget {
-            host: target.host.clone(),
-            port: target.port,
+            pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
         }));
         let conn = server.conn();
@@ -235,6 +234,7 @@ impl Session<'_> {
         )
         .await;
         cancel.set_target(None);
+        conn.restore_buffer(outcome.server_buf);
         for (name, value) in &outcome.parameters {
             conn.note_parameter(name, value);
         }

@@ -75,6 +75,8 @@ pub struct RelayOutcome {
     pub parameters: Vec<(String, String)>,
     /// Client bytes read but not yet forwarded (the start of its next transaction).
     pub client_buf: BytesMut,
+    /// Server bytes read but not yet forwarded (empty at a release point); the buffer is reused.
+    pub server_buf: BytesMut,
     /// Why the client must keep this server connection, if it must.
     pub pinned: Option<&'static str>,
 }
@@ -417,6 +419,7 @@ pub async fn relay(
         server_state,
         parameters: relay.flight.parameters,
         client_buf: relay.upstream.buf,
+        server_buf: relay.downstream.buf,
         pinned: relay.flight.pinned,
     }
 }
