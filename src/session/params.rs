@@ -102,15 +102,15 @@ pub fn sync_statements(
     applied: &[(String, String)],
     reported: &[(String, String)],
 ) -> Option<String> {
-    let find = |list: &[(String, String)], name: &str| {
+    fn find<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
         list.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+            .map(|(_, v)| v.as_str())
+    }
     let mut sql = String::new();
     for (name, value) in desired {
         let current = find(applied, name).or_else(|| find(reported, name));
-        if current.as_deref() == Some(value.as_str()) {
+        if current == Some(value.as_str()) {
             continue;
         }
         sql.push_str("SET ");
