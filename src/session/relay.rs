@@ -18,6 +18,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::net::Stream;
 use crate::protocol::backend::{self, TransactionStatus};
@@ -330,20 +331,34 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolEr
 }
 
 /// Both directions of one client/server pair.
-struct Relay<'a> {
+struct Relay<'a, 'w> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     upstream: Pipe,
     downstream: Pipe,
     flight: Flight,
     policy: Policy,
+    /// Fires when the proxy must stop now. Polled once to register this task's waker, then only
+    /// checked with an atomic load, so a wake-up costs no lock.
+    stop: &'a CancellationToken,
+    stop_wait: Pin<&'w mut WaitForCancellationFuture<'a>>,
+    stop_registered: bool,
 }
 
-impl Future for Relay<'_> {
+impl Future for Relay<'_, '_> {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
+        if this.stop.is_cancelled() {
+            return Poll::Ready(RelayEnd::Shutdown);
+        }
+        if !this.stop_registered {
+            if this.stop_wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(RelayEnd::Shutdown);
+            }
+            this.stop_registered = true;
+        }
         let policy = this.policy;
         loop {
             let client = Pin::new(&mut *this.client);
@@ -367,7 +382,7 @@ impl Future for Relay<'_> {
     }
 }
 
-impl Relay<'_> {
+impl Relay<'_, '_> {
     /// At a release point, whether the connection is really free: no client message is partly
     /// forwarded and no server bytes wait behind the ReadyForQuery.
     fn releasable(&self) -> bool {
@@ -386,8 +401,9 @@ pub async fn relay(
     server_buf: BytesMut,
     max_message_size: usize,
     policy: Policy,
-    stop: &tokio_util::sync::CancellationToken,
+    stop: &CancellationToken,
 ) -> RelayOutcome {
+    let mut stop_wait = std::pin::pin!(stop.cancelled());
     let mut relay = Relay {
         client,
         server,
@@ -401,12 +417,11 @@ pub async fn relay(
             pinned: None,
         },
         policy,
+        stop,
+        stop_wait: stop_wait.as_mut(),
+        stop_registered: false,
     };
-    let end = tokio::select! {
-        biased;
-        end = &mut relay => end,
-        _ = stop.cancelled() => RelayEnd::Shutdown,
-    };
+    let end = (&mut relay).await;
     let busy = relay.flight.pending != 0 || relay.upstream.torn() || relay.downstream.torn();
     let server_state = match (busy, relay.flight.status) {
         (true, _) => ServerState::Busy,
