@@ -178,8 +178,12 @@ impl<'a> Lexer<'a> {
             b'u' | b'U' if c1 == b'&' && c2 == b'\'' => {
                 (K::String, self.quoted_string(s, s + 3, false)?)
             }
-            b'u' | b'U' if c1 == b'&' && c2 == b'"' => (K::QuotedIdent, self.quoted_ident(s, s + 3)?),
-            b'$' if c1.is_ascii_digit() => (K::Param, self.skip_while(s + 1, |b| b.is_ascii_digit())),
+            b'u' | b'U' if c1 == b'&' && c2 == b'"' => {
+                (K::QuotedIdent, self.quoted_ident(s, s + 3)?)
+            }
+            b'$' if c1.is_ascii_digit() => {
+                (K::Param, self.skip_while(s + 1, |b| b.is_ascii_digit()))
+            }
             b'$' => match self.dollar_tag_end(s) {
                 Some(tag_end) => (K::DollarString, self.dollar_body(s, tag_end)?),
                 None => (K::Other, s + 1),
