@@ -16,7 +16,7 @@ mod tests_session;
 pub use cache::ClassificationCache;
 
 use super::lexer::{LexError, Lexer, Token, TokenKind};
-use statement::{Body, Verdict};
+use statement::{keyword, Body, Kw, Verdict};
 
 /// Where a statement (or a whole query string) may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -263,8 +263,14 @@ pub fn classify(sql: &str, config: &ClassifierConfig) -> Classification {
             body = Body::default();
             continue;
         }
-        body.feed(split.prev, token, config, &mut out.session_state);
-        split.feed(token);
+        let kw = keyword(&token);
+        body.feed(
+            (&split.prev, split.prev_kw),
+            (&token, kw),
+            config,
+            &mut out.session_state,
+        );
+        split.feed(token, kw);
     }
     let text = sql.get(split.start..).unwrap_or("");
     all_read &= finish(text, &split, &body, config, &mut out);
@@ -317,6 +323,7 @@ fn fold_tx(current: TxEffect, next: TxEffect) -> TxEffect {
 struct Splitter<'a> {
     start: usize,
     prev: Option<Token<'a>>,
+    prev_kw: Kw,
     parens: usize,
     is_create: bool,
     atomic_depth: usize,
@@ -327,6 +334,7 @@ impl<'a> Splitter<'a> {
         Splitter {
             start,
             prev: None,
+            prev_kw: Kw::None,
             parens: 0,
             is_create: false,
             atomic_depth: 0,
@@ -337,24 +345,22 @@ impl<'a> Splitter<'a> {
         self.parens == 0 && self.atomic_depth == 0
     }
 
-    fn feed(&mut self, t: Token<'a>) {
+    #[inline]
+    fn feed(&mut self, t: Token<'a>, kw: Kw) {
         match t.kind {
             TokenKind::LParen => self.parens += 1,
             TokenKind::RParen => self.parens = self.parens.saturating_sub(1),
-            TokenKind::Ident if self.prev.is_none() => self.is_create = t.is_keyword("create"),
-            TokenKind::Ident if self.is_create => {
-                let after_begin = self.prev.is_some_and(|p| p.is_keyword("begin"));
-                if (t.is_keyword("atomic") && after_begin)
-                    || (t.is_keyword("case") && self.atomic_depth > 0)
-                {
-                    self.atomic_depth += 1;
-                } else if t.is_keyword("end") {
-                    self.atomic_depth = self.atomic_depth.saturating_sub(1);
-                }
-            }
+            _ if self.prev.is_none() => self.is_create = kw == Kw::Create,
+            _ if self.is_create => match kw {
+                Kw::Atomic if self.prev_kw == Kw::Begin => self.atomic_depth += 1,
+                Kw::Case if self.atomic_depth > 0 => self.atomic_depth += 1,
+                Kw::End => self.atomic_depth = self.atomic_depth.saturating_sub(1),
+                _ => {}
+            },
             _ => {}
         }
         self.prev = Some(t);
+        self.prev_kw = kw;
     }
 }
 

@@ -53,11 +53,13 @@ pub struct Token<'a> {
 impl<'a> Token<'a> {
     /// True for an unquoted identifier equal to `keyword` ignoring ASCII case. Quoted identifiers
     /// are never keywords.
+    #[inline]
     pub fn is_keyword(&self, keyword: &str) -> bool {
         self.kind == TokenKind::Ident && self.text.eq_ignore_ascii_case(keyword)
     }
 
     /// True for either kind of comment.
+    #[inline]
     pub fn is_comment(&self) -> bool {
         matches!(self.kind, TokenKind::LineComment | TokenKind::BlockComment)
     }
@@ -135,10 +137,9 @@ impl<'a> Lexer<'a> {
     }
 
     /// The next token, an error (after which the lexer is exhausted), or `None` at the end.
+    #[inline]
     pub fn next_token(&mut self) -> Option<Result<Token<'a>, LexError>> {
-        while self.pos < self.len() && is_space(self.at(self.pos)) {
-            self.pos += 1;
-        }
+        self.pos = self.skip_class(self.pos, SPACE);
         if self.pos >= self.len() {
             return None;
         }
@@ -161,10 +162,15 @@ impl<'a> Lexer<'a> {
     }
 
     /// Scans the token starting at `s`: its kind and the offset just past it.
+    #[inline]
     fn token_at(&self, s: usize) -> Result<(TokenKind, usize), LexError> {
         use TokenKind as K;
         let (c, c1, c2) = (self.at(s), self.at(s + 1), self.at(s + 2));
         let plain_bs = self.backslash_in_plain_strings;
+        let class = CLASS[c as usize];
+        if class & IDENT_START != 0 && c1 != b'\'' && c1 != b'&' {
+            return Ok((K::Ident, self.skip_class(s + 1, IDENT_CONT)));
+        }
         Ok(match c {
             b'-' if c1 == b'-' => (K::LineComment, self.line_end(s + 2)),
             b'/' if c1 == b'*' => (K::BlockComment, self.block_comment(s)?),
@@ -190,7 +196,7 @@ impl<'a> Lexer<'a> {
             },
             b'0'..=b'9' => (K::Number, self.number(s)),
             b'.' if c1.is_ascii_digit() => (K::Number, self.number(s)),
-            _ if is_ident_start(c) => (K::Ident, self.skip_while(s + 1, is_ident_cont)),
+            _ if class & IDENT_START != 0 => (K::Ident, self.skip_class(s + 1, IDENT_CONT)),
             b';' => (K::Semicolon, s + 1),
             b'(' => (K::LParen, s + 1),
             b')' => (K::RParen, s + 1),
@@ -200,16 +206,22 @@ impl<'a> Lexer<'a> {
             b'.' => (K::Dot, s + 1),
             b':' if c1 == b':' => (K::Cast, s + 2),
             b':' => (K::Colon, s + 1),
-            _ if is_op(c) => (K::Operator, self.operator(s)),
+            _ if class & OP != 0 => (K::Operator, self.operator(s)),
             _ => (K::Other, s + 1),
         })
     }
 
-    fn skip_while(&self, mut i: usize, f: impl Fn(u8) -> bool) -> usize {
-        while i < self.len() && f(self.at(i)) {
-            i += 1;
+    #[inline]
+    fn skip_while(&self, i: usize, f: impl Fn(u8) -> bool) -> usize {
+        match self.src.as_bytes().get(i..) {
+            Some(rest) => i + rest.iter().position(|&b| !f(b)).unwrap_or(rest.len()),
+            None => i,
         }
-        i
+    }
+
+    /// The offset of the first byte at or after `i` not in any class of `mask`.
+    fn skip_class(&self, i: usize, mask: u8) -> usize {
+        self.skip_while(i, |b| CLASS[b as usize] & mask != 0)
     }
 
     fn line_end(&self, i: usize) -> usize {
@@ -328,36 +340,60 @@ impl<'a> Iterator for Lexer<'a> {
     }
 }
 
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+const SPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CONT: u8 = 4;
+const OP: u8 = 8;
+
+/// Byte classes: Postgres' whitespace, identifier start (letters, `_`, any non-ASCII byte),
+/// identifier continuation (also digits and `$`) and operator characters.
+static CLASS: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            t[b] = SPACE;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            t[b] = IDENT_START | IDENT_CONT;
+        } else if c.is_ascii_digit() || c == b'$' {
+            t[b] = IDENT_CONT;
+        } else if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+        ) {
+            t[b] = OP;
+        }
+        b += 1;
+    }
+    t
 }
 
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASS[b as usize] & IDENT_START != 0
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    is_ident_start(b) || b.is_ascii_digit() || b == b'$'
+    CLASS[b as usize] & IDENT_CONT != 0
 }
 
 fn is_op(b: u8) -> bool {
-    matches!(
-        b,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-    )
+    CLASS[b as usize] & OP != 0
 }
