@@ -6,6 +6,7 @@
 //! of each statement's head decide its kind. Nothing is allocated for a plain read. Whatever is
 //! not recognised is a write: undecided means primary.
 
+mod body;
 mod cache;
 mod statement;
 #[cfg(test)]
@@ -16,7 +17,8 @@ mod tests_session;
 pub use cache::ClassificationCache;
 
 use super::lexer::{LexError, Lexer, Token, TokenKind};
-use statement::{keyword, Body, Kw, Verdict};
+use body::{keyword, Body, Kw};
+use statement::Verdict;
 
 /// Where a statement (or a whole query string) may run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

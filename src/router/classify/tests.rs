@@ -362,3 +362,14 @@ fn hostile_inputs_never_panic() {
         let _ = classify(sql, &config);
     }
 }
+
+#[test]
+fn keywords_only_count_as_whole_unquoted_words() {
+    reads(&[
+        "SELECT updated_at, inserted, deleted_flag, into_x, merged FROM t",
+        "SELECT \"for\" FROM t WHERE \"into\" = 1",
+        "SELECT * FROM t ORDER BY x FOR_UPDATE",
+        "SELECT a FROM t WHERE b = 'x' -- FOR UPDATE\nAND c = 1",
+    ]);
+    writes(&["SELECT a FROM t WHERE b = 'x' /* c */ FOR\nUPDATE"]);
+}
