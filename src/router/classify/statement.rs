@@ -62,9 +62,10 @@ impl<'a> Cursor<'a> {
 
     /// Consumes the next token if it is `keyword`.
     fn eat(&mut self, keyword: &str) -> bool {
-        let hit = self.peek().is_some_and(|t| t.is_keyword(keyword));
+        let mut ahead = self.clone();
+        let hit = ahead.next().is_some_and(|t| t.is_keyword(keyword));
         if hit {
-            self.next();
+            *self = ahead;
         }
         hit
     }
@@ -74,19 +75,19 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The first token of a statement lower-cased into `buf`; "" if it is not a short identifier.
-fn lower<'b>(t: Option<Token>, buf: &'b mut [u8; 16]) -> &'b str {
+/// A token lower-cased into `buf`; empty if it is not a short identifier.
+fn lower<'b>(t: Option<Token>, buf: &'b mut [u8; 16]) -> &'b [u8] {
     let Some(t) = t.filter(|t| t.kind == TokenKind::Ident) else {
-        return "";
+        return b"";
     };
     let bytes = t.text.as_bytes();
     let Some(dst) = buf.get_mut(..bytes.len()) else {
-        return "";
+        return b"";
     };
     for (d, s) in dst.iter_mut().zip(bytes) {
         *d = s.to_ascii_lowercase();
     }
-    std::str::from_utf8(dst).unwrap_or("")
+    dst
 }
 
 /// Decides one statement (`text` without its `;`) given its body scan.
@@ -110,22 +111,22 @@ pub(super) fn verdict(
     }
     match keyword {
         k if is_query(k) => query(body),
-        "show" | "fetch" | "move" | "close" => read(TxEffect::None),
-        "explain" => explain(c, text, body, config),
-        "begin" => {
+        b"show" | b"fetch" | b"move" | b"close" => read(TxEffect::None),
+        b"explain" => explain(c, text, body, config),
+        b"begin" => {
             let _ = c.eat("work") || c.eat("transaction");
             begin(modes(c))
         }
-        "start" if c.eat("transaction") => begin(modes(c)),
-        "commit" | "end" if c.peek_is("prepared") => write(TxEffect::None),
-        "commit" | "end" => end_transaction(c, TxEffect::Commit),
-        "abort" => end_transaction(c, TxEffect::Rollback),
-        "rollback" => rollback(c),
-        "savepoint" => read(TxEffect::Savepoint),
-        "release" => read(TxEffect::ReleaseSavepoint),
-        "set" => set(c, effects),
-        "prepare" => prepare(c, effects),
-        "declare" => declare(c, text, body, config, effects),
+        b"start" if c.eat("transaction") => begin(modes(c)),
+        b"commit" | b"end" if c.peek_is("prepared") => write(TxEffect::None),
+        b"commit" | b"end" => end_transaction(c, TxEffect::Commit),
+        b"abort" => end_transaction(c, TxEffect::Rollback),
+        b"rollback" => rollback(c),
+        b"savepoint" => read(TxEffect::Savepoint),
+        b"release" => read(TxEffect::ReleaseSavepoint),
+        b"set" => set(c, effects),
+        b"prepare" => prepare(c, effects),
+        b"declare" => declare(c, text, body, config, effects),
         _ => {
             session_statement(keyword, c, effects);
             write(TxEffect::None)
@@ -133,8 +134,8 @@ pub(super) fn verdict(
     }
 }
 
-fn is_query(keyword: &str) -> bool {
-    matches!(keyword, "select" | "values" | "table" | "with")
+fn is_query(keyword: &[u8]) -> bool {
+    matches!(keyword, b"select" | b"values" | b"table" | b"with")
 }
 
 fn query(body: &Body) -> Verdict {
@@ -298,13 +299,13 @@ fn set(mut c: Cursor, effects: &mut Vec<SessionEffect>) -> Verdict {
     }
     let mut buf = [0u8; 16];
     let special = match lower(Some(t), &mut buf) {
-        "characteristics" if session => Some("session_characteristics"),
-        "authorization" if session => Some("session_authorization"),
-        "time" if c.peek_is("zone") => Some("timezone"),
-        "role" => Some("role"),
-        "schema" => Some("search_path"),
-        "names" => Some("client_encoding"),
-        "xml" if c.peek_is("option") => Some("xmloption"),
+        b"characteristics" if session => Some("session_characteristics"),
+        b"authorization" if session => Some("session_authorization"),
+        b"time" if c.peek_is("zone") => Some("timezone"),
+        b"role" => Some("role"),
+        b"schema" => Some("search_path"),
+        b"names" => Some("client_encoding"),
+        b"xml" if c.peek_is("option") => Some("xmloption"),
         _ => None,
     };
     let name = special
@@ -364,35 +365,35 @@ fn declare(
 
 /// The session effects of statements that are writes anyway: RESET, DISCARD, LISTEN, UNLISTEN,
 /// DEALLOCATE, CREATE TEMP, LOAD.
-fn session_statement(keyword: &str, mut c: Cursor, effects: &mut Vec<SessionEffect>) {
+fn session_statement(keyword: &[u8], mut c: Cursor, effects: &mut Vec<SessionEffect>) {
     let effect = match keyword {
-        "reset" => reset(c),
-        "discard" => {
+        b"reset" => reset(c),
+        b"discard" => {
             let mut buf = [0u8; 16];
             let scope = match lower(c.next(), &mut buf) {
-                "all" => Some(DiscardScope::All),
-                "plans" => Some(DiscardScope::Plans),
-                "sequences" => Some(DiscardScope::Sequences),
-                "temp" | "temporary" => Some(DiscardScope::Temp),
+                b"all" => Some(DiscardScope::All),
+                b"plans" => Some(DiscardScope::Plans),
+                b"sequences" => Some(DiscardScope::Sequences),
+                b"temp" | b"temporary" => Some(DiscardScope::Temp),
                 _ => None,
             };
             scope.map(SessionEffect::Discard)
         }
-        "listen" => c
+        b"listen" => c
             .next()
             .and_then(name_of)
             .map(|channel| SessionEffect::Listen { channel }),
-        "unlisten" => c.next().map(|t| SessionEffect::Unlisten {
+        b"unlisten" => c.next().map(|t| SessionEffect::Unlisten {
             channel: name_of(t),
         }),
-        "deallocate" => {
+        b"deallocate" => {
             c.eat("prepare");
             c.next().map(|t| SessionEffect::Deallocate {
                 name: name_of(t).filter(|_| !t.is_keyword("all")),
             })
         }
-        "create" => create_is_temp(c).then_some(SessionEffect::CreateTemp),
-        "load" => c.next().and_then(|t| {
+        b"create" => create_is_temp(c).then_some(SessionEffect::CreateTemp),
+        b"load" => c.next().and_then(|t| {
             let library = string_value(t).or_else(|| name_of(t))?;
             Some(SessionEffect::Load { library })
         }),
@@ -405,9 +406,9 @@ fn reset(mut c: Cursor) -> Option<SessionEffect> {
     let t = c.next()?;
     let mut buf = [0u8; 16];
     let name = match lower(Some(t), &mut buf) {
-        "all" => None,
-        "session" if c.peek_is("authorization") => Some("session_authorization".to_string()),
-        "time" if c.peek_is("zone") => Some("timezone".to_string()),
+        b"all" => None,
+        b"session" if c.peek_is("authorization") => Some("session_authorization".to_string()),
+        b"time" if c.peek_is("zone") => Some("timezone".to_string()),
         _ => Some(dotted_name(t, &mut c)?),
     };
     Some(SessionEffect::Reset { name })
