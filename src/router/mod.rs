@@ -1,6 +1,9 @@
 //! Routing policy, pure: given what a client wants and a topology snapshot, pick the node to use.
 //! Today every session goes to the primary; read/write splitting grows here.
 
+pub mod classify;
+pub mod lexer;
+
 use crate::topology::{ClusterSnapshot, NodeId, Role};
 
 /// Why no node could be chosen.
