@@ -1,88 +1,39 @@
 //! Which simple-query SQL creates session state that transaction pooling cannot move between server
-//! connections, so the client must be pinned to its connection. Conservative: a false "pins" costs
-//! multiplexing for one client; a false "does not pin" would leak state, so unknown shapes pin.
+//! connections, so the client must be pinned to its connection. Decided by the router's SQL
+//! classifier (a real lexer: keywords inside strings, comments and dollar quotes do not count).
+//! Fails closed: SQL the lexer cannot read pins.
+
+use crate::router::classify::{classify, ClassifierConfig, SessionEffect};
 
 /// Why `sql` pins the client, or `None` if it creates no session state.
 pub fn pins_session(sql: &str) -> Option<&'static str> {
-    let mut statement = Vec::with_capacity(4);
-    for word in words(sql) {
-        if word == ";" {
-            statement.clear();
-            continue;
-        }
-        if let Some(reason) = advisory_lock(&word) {
-            return Some(reason);
-        }
-        if statement.len() < 4 {
-            statement.push(word);
-            if let Some(reason) = leading(&statement) {
-                return Some(reason);
-            }
-        } else if word == "hold" && statement[0] == "declare" {
-            return Some("cursor WITH HOLD");
-        }
+    // Writing functions do not matter for pinning; an empty list allocates nothing.
+    let config = ClassifierConfig {
+        writing_functions: Vec::new(),
+        standard_conforming_strings: true,
+    };
+    let classification = classify(sql, &config);
+    if classification.malformed.is_some() {
+        return Some("SQL the proxy cannot read");
     }
-    None
+    classification.session_state.iter().find_map(reason)
 }
 
-/// Session state named by the first words of a statement.
-fn leading(words: &[String]) -> Option<&'static str> {
-    let first = words.first()?.as_str();
-    let second = words.get(1).map(String::as_str);
-    match (first, second) {
-        ("set", None) => None,
-        ("set", Some("local" | "transaction")) => None,
-        ("set", Some(_)) => Some("SET"),
-        ("reset", Some(_)) => Some("RESET"),
-        ("discard", Some(_)) => Some("DISCARD"),
-        ("listen", Some(_)) => Some("LISTEN"),
-        ("prepare", Some("transaction")) => None,
-        ("prepare", Some(_)) => Some("PREPARE"),
-        ("deallocate", Some(_)) => Some("DEALLOCATE"),
-        ("load", Some(_)) => Some("LOAD"),
-        ("create", Some("temp" | "temporary" | "local" | "global")) => Some("temporary table"),
-        _ => None,
-    }
-}
-
-/// Session-level advisory locks outlive the transaction.
-fn advisory_lock(word: &str) -> Option<&'static str> {
-    (word.starts_with("pg_advisory_lock") || word.starts_with("pg_try_advisory_lock"))
-        .then_some("session advisory lock")
-}
-
-/// Lower-cased identifier-like words and `;`, skipping comments, but not string contents (a keyword
-/// inside a string can only cause an unneeded pin).
-fn words(sql: &str) -> impl Iterator<Item = String> + '_ {
-    let bytes = sql.as_bytes();
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i < bytes.len() {
-            let c = bytes[i];
-            if c == b'-' && bytes.get(i + 1) == Some(&b'-') {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            } else if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            } else if c == b';' {
-                i += 1;
-                return Some(";".to_string());
-            } else if c.is_ascii_alphabetic() || c == b'_' {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
-                    i += 1;
-                }
-                return Some(sql[start..i].to_ascii_lowercase());
-            } else {
-                i += 1;
-            }
-        }
-        None
+/// The reason shown in logs for one kind of session state; UNLISTEN only removes state.
+fn reason(effect: &SessionEffect) -> Option<&'static str> {
+    Some(match effect {
+        SessionEffect::Set { .. } => "SET",
+        SessionEffect::SetConfig => "set_config()",
+        SessionEffect::Reset { .. } => "RESET",
+        SessionEffect::Discard(_) => "DISCARD",
+        SessionEffect::Listen { .. } => "LISTEN",
+        SessionEffect::Unlisten { .. } => return None,
+        SessionEffect::Prepare { .. } => "PREPARE",
+        SessionEffect::Deallocate { .. } => "DEALLOCATE",
+        SessionEffect::DeclareWithHold { .. } => "cursor WITH HOLD",
+        SessionEffect::CreateTemp => "temporary table",
+        SessionEffect::AdvisoryLock { .. } => "session advisory lock",
+        SessionEffect::Load { .. } => "LOAD",
     })
 }
 
@@ -124,6 +75,7 @@ mod tests {
             "CREATE TABLE t(x int)",
             "-- SET x = 1\nSELECT 2",
             "INSERT INTO settings VALUES (1)",
+            "SELECT 'SET x = 1', $$LISTEN c$$",
         ] {
             assert!(pins_session(sql).is_none(), "{sql}");
         }
