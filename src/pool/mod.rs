@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 pub use set::{PoolKey, PoolSet};
 
@@ -141,28 +141,16 @@ impl Pool {
     /// still alive, or opens a new one. A broken or expired idle connection is closed, never handed out.
     /// The connection is driven by `worker`, the caller's runtime.
     pub async fn checkout(self: &Arc<Self>, worker: WorkerId) -> Result<PooledServer, PoolError> {
-        let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = tokio::time::timeout(
-            self.settings.checkout_timeout,
-            self.permits.clone().acquire_owned(),
-        )
-        .await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match acquired {
-            Err(_) => {
-                return Err(PoolError::CheckoutTimeout {
-                    pool: self.name.clone(),
-                    waited: started.elapsed(),
-                    size: self.settings.size,
-                })
-            }
-            Ok(Err(_)) => {
+        // Free slot: no timer, no clock read. The semaphore hands released slots to queued waiters
+        // first, so this never jumps the FIFO queue.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => {
                 return Err(PoolError::Closed {
                     pool: self.name.clone(),
                 })
             }
-            Ok(Ok(permit)) => permit,
+            Err(TryAcquireError::NoPermits) => self.wait_for_slot().await?,
         };
         loop {
             let candidate = self.pop_idle(worker);
@@ -190,6 +178,29 @@ impl Pool {
             _slot: OpenSlot::new(&self.open),
         };
         Ok(PooledServer::new(member, permit, self.clone()))
+    }
+
+    /// Waits in the FIFO queue for a slot, up to `checkout_timeout`.
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
+        let started = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(
+            self.settings.checkout_timeout,
+            self.permits.clone().acquire_owned(),
+        )
+        .await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match acquired {
+            Err(_) => Err(PoolError::CheckoutTimeout {
+                pool: self.name.clone(),
+                waited: started.elapsed(),
+                size: self.settings.size,
+            }),
+            Ok(Err(_)) => Err(PoolError::Closed {
+                pool: self.name.clone(),
+            }),
+            Ok(Ok(permit)) => Ok(permit),
+        }
     }
 
     /// Stops handing out connections: waiters and later checkouts fail with [`PoolError::Closed`].

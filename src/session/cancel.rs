@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::pool::Pool;
 use crate::protocol::startup::CancelKey;
@@ -21,11 +21,19 @@ pub struct CancelTarget {
     pub server_key: CancelKey,
 }
 
+/// The target of one client's cancel requests. Only that client writes it (uncontended lock), so
+/// changing it at every transaction does not touch the shared map.
+type Slot = Arc<Mutex<Option<CancelTarget>>>;
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Proxy-issued cancel keys of connected clients. Entries hold a target only while the client has a
 /// server connection.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    keys: DashMap<CancelKey, Option<CancelTarget>>,
+    keys: DashMap<CancelKey, Slot>,
 }
 
 impl CancelRegistry {
@@ -36,11 +44,13 @@ impl CancelRegistry {
                 process_id: rand::random::<i32>() & i32::MAX,
                 secret_key: rand::random::<i32>(),
             };
-            if let dashmap::Entry::Vacant(slot) = self.keys.entry(key) {
-                slot.insert(None);
+            if let dashmap::Entry::Vacant(entry) = self.keys.entry(key) {
+                let slot = Slot::default();
+                entry.insert(slot.clone());
                 return CancelGuard {
                     registry: self,
                     key,
+                    slot,
                 };
             }
         }
@@ -59,7 +69,8 @@ impl CancelRegistry {
     /// Forwards a client's CancelRequest to the server it is using. Unknown keys, or clients between
     /// server connections, are ignored silently, as Postgres does.
     pub async fn cancel(&self, key: CancelKey) {
-        let target = self.keys.get(&key).and_then(|entry| entry.value().clone());
+        let slot = self.keys.get(&key).map(|entry| entry.value().clone());
+        let target = slot.and_then(|slot| lock(&slot).clone());
         let Some(target) = target else {
             tracing::debug!("cancel request with unknown or idle key ignored");
             return;
@@ -77,6 +88,7 @@ impl CancelRegistry {
 pub struct CancelGuard<'a> {
     registry: &'a CancelRegistry,
     key: CancelKey,
+    slot: Slot,
 }
 
 impl CancelGuard<'_> {
@@ -87,9 +99,7 @@ impl CancelGuard<'_> {
 
     /// Points cancel requests at `target` (or nowhere).
     pub fn set_target(&self, target: Option<CancelTarget>) {
-        if let Some(mut entry) = self.registry.keys.get_mut(&self.key) {
-            *entry = target;
-        }
+        *lock(&self.slot) = target;
     }
 }
 
@@ -140,10 +150,8 @@ mod tests {
             secret_key: 9,
         };
         let stored = |registry: &CancelRegistry| {
-            registry
-                .keys
-                .get(&guard.key())
-                .and_then(|e| e.value().as_ref().map(|t| t.server_key))
+            let slot = registry.keys.get(&guard.key()).map(|e| e.value().clone());
+            slot.and_then(|slot| lock(&slot).as_ref().map(|t| t.server_key))
         };
         guard.set_target(Some(CancelTarget { pool, server_key }));
         assert_eq!(stored(&registry), Some(server_key));

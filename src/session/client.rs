@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::cancel::{CancelGuard, CancelTarget};
 use super::relay::{self, Policy, RelayEnd};
@@ -34,7 +35,7 @@ pub(super) struct Session<'a> {
     pub worker: WorkerId,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// Logs the client in, greets it, then pools by session or by transaction until it leaves.
     pub async fn serve(
         &self,
@@ -72,15 +73,16 @@ impl Session<'_> {
 
         match pool.settings().mode {
             PoolMode::Session => {
+                let stop_wait = std::pin::pin!(self.shared.stop.cancelled());
                 let (end, _) = self
-                    .relay(stream, buf, &mut server, &cancel, &framer, false)
+                    .relay(stream, buf, &mut server, &cancel, false, stop_wait)
                     .await;
                 server.release(true).await;
                 end
             }
             PoolMode::Transaction => {
                 server.release(false).await;
-                self.transactions(stream, buf, &pool, &settings, &cancel, &framer)
+                self.transactions(stream, buf, &pool, &settings, &cancel)
                     .await
             }
         }
@@ -95,8 +97,9 @@ impl Session<'_> {
         pool: &Arc<Pool>,
         settings: &[(String, String)],
         cancel: &CancelGuard<'_>,
-        framer: &Framer,
     ) -> Result<RelayEnd, ClientError> {
+        // One registration for the whole session, not one per transaction.
+        let mut stop_wait = std::pin::pin!(self.shared.stop.cancelled());
         loop {
             if buf.is_empty() {
                 if buf.capacity() < IDLE_READ {
@@ -104,7 +107,7 @@ impl Session<'_> {
                 }
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
-                    _ = self.shared.stop.cancelled() => return Err(ClientError::ShuttingDown),
+                    _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
                 };
                 if read.map_err(ClientError::Io)? == 0 {
                     return Ok(RelayEnd::ClientGone);
@@ -115,7 +118,7 @@ impl Session<'_> {
             }
             let mut server = self.checkout(pool, settings).await?;
             let (end, rest) = self
-                .relay(stream, buf, &mut server, cancel, framer, true)
+                .relay(stream, buf, &mut server, cancel, true, stop_wait.as_mut())
                 .await;
             buf = rest;
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
@@ -210,8 +213,8 @@ impl Session<'_> {
         buf: BytesMut,
         server: &mut PooledServer,
         cancel: &CancelGuard<'_>,
-        framer: &Framer,
         transaction_pooling: bool,
+        stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         cancel.set_target(Some(CancelTarget {
             pool: server.pool().clone(),
@@ -228,9 +231,10 @@ impl Session<'_> {
             buf,
             conn.stream_mut(),
             server_buf,
-            framer.max_message_size(),
+            self.generation.config.limits.max_message_size,
             policy,
             &self.shared.stop,
+            stop_wait,
         )
         .await;
         cancel.set_target(None);

@@ -331,7 +331,7 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolEr
 }
 
 /// Both directions of one client/server pair.
-struct Relay<'a, 'w> {
+struct Relay<'a, 's, 'w> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     upstream: Pipe,
@@ -340,12 +340,12 @@ struct Relay<'a, 'w> {
     policy: Policy,
     /// Fires when the proxy must stop now. Polled once to register this task's waker, then only
     /// checked with an atomic load, so a wake-up costs no lock.
-    stop: &'a CancellationToken,
-    stop_wait: Pin<&'w mut WaitForCancellationFuture<'a>>,
+    stop: &'s CancellationToken,
+    stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
     stop_registered: bool,
 }
 
-impl Future for Relay<'_, '_> {
+impl Future for Relay<'_, '_, '_> {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
@@ -382,7 +382,7 @@ impl Future for Relay<'_, '_> {
     }
 }
 
-impl Relay<'_, '_> {
+impl Relay<'_, '_, '_> {
     /// At a release point, whether the connection is really free: no client message is partly
     /// forwarded and no server bytes wait behind the ReadyForQuery.
     fn releasable(&self) -> bool {
@@ -392,18 +392,20 @@ impl Relay<'_, '_> {
     }
 }
 
-/// Relays until either side ends or `stop` fires. `client_buf` holds client bytes already read;
-/// `server_buf` server bytes already read.
-pub async fn relay(
+/// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
+/// caller so a session can keep one registered across transactions). `client_buf` holds client
+/// bytes already read; `server_buf` server bytes already read.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<'s>(
     client: &mut Stream,
     client_buf: BytesMut,
     server: &mut Stream,
     server_buf: BytesMut,
     max_message_size: usize,
     policy: Policy,
-    stop: &CancellationToken,
+    stop: &'s CancellationToken,
+    stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
 ) -> RelayOutcome {
-    let mut stop_wait = std::pin::pin!(stop.cancelled());
     let mut relay = Relay {
         client,
         server,
@@ -418,7 +420,7 @@ pub async fn relay(
         },
         policy,
         stop,
-        stop_wait: stop_wait.as_mut(),
+        stop_wait,
         stop_registered: false,
     };
     let end = (&mut relay).await;
