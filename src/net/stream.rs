@@ -124,6 +124,15 @@ impl Stream {
         }
     }
 
+    /// Waits until a plain socket has bytes (or EOF) to read, without a buffer, so an idle client
+    /// holds no read memory. TLS streams return at once: their records must be read to know.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Plain(Tcp(Some(tcp))) => tcp.readable().await,
+            _ => Ok(()),
+        }
+    }
+
     /// Re-registers the socket with the current runtime's reactor, so a connection opened on one
     /// worker thread is driven by the worker that uses it now. Must run inside that runtime.
     pub fn rebind(&mut self) -> io::Result<()> {

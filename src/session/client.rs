@@ -102,9 +102,13 @@ impl<'a> Session<'a> {
         let mut stop_wait = std::pin::pin!(self.shared.stop.cancelled());
         loop {
             if buf.is_empty() {
-                if buf.capacity() < IDLE_READ {
-                    buf.reserve(IDLE_READ);
+                // Idle between transactions: give the read buffer back and wait without one.
+                buf = BytesMut::new();
+                tokio::select! {
+                    ready = stream.readable() => ready.map_err(ClientError::Io)?,
+                    _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
                 }
+                buf.reserve(IDLE_READ);
                 let read = tokio::select! {
                     read = stream.read_buf(&mut buf) => read,
                     _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
