@@ -1,8 +1,6 @@
 //! Plain data about the nodes of a cluster: who they are, their role and their health. Produced by
 //! config (today) and by health checks (later); read by the router as an immutable snapshot.
 
-use std::sync::Arc;
-
 /// Index of a node within its database's node list (stable for one config snapshot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(pub usize);
@@ -53,11 +51,6 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
-    /// Wraps the snapshot for sharing.
-    pub fn shared(self) -> Arc<ClusterSnapshot> {
-        Arc::new(self)
-    }
-
     /// Usable nodes whose role is primary.
     pub fn primaries(&self) -> impl Iterator<Item = &NodeState> {
         self.nodes

@@ -67,12 +67,40 @@ async fn unknown_database_is_3d000() {
 
 #[tokio::test]
 async fn cleartext_is_refused_without_tls_unless_allowed() {
+    // Config validation refuses a cleartext user when TLS is off and it is not allowed...
     let yaml = proxy_yaml("size: 2", "").replace(
         "allow_cleartext_without_tls: true",
         "allow_cleartext_without_tls: false",
     );
-    // Validation refuses a cleartext user without TLS when it is not allowed.
     assert!(pgsluice::config::load_str(&yaml, &|_| None).is_err());
+    // ...and with TLS offered, a client that does not use it gets no password prompt at all.
+    let (_dir, cert, key) = self_signed();
+    let extra =
+        format!("client_tls: {{ mode: prefer, cert_file: \"{cert}\", key_file: \"{key}\" }}");
+    let proxy = start_proxy(&proxy_yaml("size: 2", &extra).replace(
+        "allow_cleartext_without_tls: true",
+        "allow_cleartext_without_tls: false",
+    ))
+    .await;
+    let base = format!(
+        "postgres://clearapp:clear-app-pass@127.0.0.1:{}/sluice",
+        proxy.addr.port()
+    );
+    let out = psql(&format!("{base}?sslmode=disable"), "SELECT 1").await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cleartext password authentication is refused without TLS"),
+        "{stderr}"
+    );
+    let out = psql(&format!("{base}?sslmode=require"), "SELECT 'over-tls'").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over-tls");
+    proxy.stop().await;
 }
 
 /// Writes a self-signed certificate for 127.0.0.1/localhost and returns (dir, cert, key).

@@ -37,11 +37,6 @@ impl Tcp {
         self.0 = Some(TcpStream::from_std(std)?);
         Ok(())
     }
-
-    /// The socket itself, when it is not in the middle of a rebind.
-    pub fn inner(&self) -> Option<&TcpStream> {
-        self.0.as_ref()
-    }
 }
 
 fn pending_or<T>(

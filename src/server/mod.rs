@@ -93,14 +93,6 @@ impl ServerConnection {
         &self.params
     }
 
-    /// The value of one reported parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
     /// Records a ParameterStatus seen while relaying.
     pub fn note_parameter(&mut self, name: &str, value: &str) {
         match self.params.iter_mut().find(|(n, _)| n == name) {
@@ -273,13 +265,4 @@ impl ServerConnection {
         })
         .await;
     }
-}
-
-/// Renders the server's error for logs: `SQLSTATE message`.
-pub fn describe_error(fields: &ErrorFields) -> String {
-    format!(
-        "{} {}",
-        fields.code().unwrap_or("?????"),
-        fields.message().unwrap_or("")
-    )
 }
