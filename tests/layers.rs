@@ -26,7 +26,7 @@ fn layers() -> BTreeMap<&'static str, u8> {
 }
 
 /// Same-layer uses that the architecture allows (user, used).
-const SAME_LAYER_ALLOWED: &[(&str, &str)] = &[("cli", "app")];
+const SAME_LAYER_ALLOWED: &[(&str, &str)] = &[("cli", "app"), ("session", "admin")];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read src dir") {

@@ -68,6 +68,9 @@ mod tests {
             port: 5432 + i as u16,
             role,
             health,
+            lsn: None,
+            lag: None,
+            freshness: Default::default(),
         }
     }
 

@@ -182,7 +182,7 @@ impl<'a> Session<'a> {
             .topology
             .get(self.database)
             .ok_or_else(unknown)?;
-        let node = router::route(self.database, snapshot, Intent::ReadWrite)?;
+        let node = router::route(self.database, &snapshot.load(), Intent::ReadWrite)?;
         let pool = self.generation.pools.get(self.database, self.user, node);
         pool.cloned().ok_or_else(unknown)
     }

@@ -29,7 +29,9 @@ use crate::config::{Config, NodeRole};
 use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
 use crate::pool::PoolSet;
 use crate::protocol::backend;
-use crate::topology::{ClusterSnapshot, Health, NodeId, NodeState, Role};
+use crate::topology::{
+    ClusterSnapshot, Freshness, Health, NodeId, NodeState, Role, TopologyHandle,
+};
 use auth::AuthTable;
 use cancel::CancelRegistry;
 
@@ -40,7 +42,8 @@ pub struct Generation {
     pub config: Config,
     pub pools: PoolSet,
     pub auth: AuthTable,
-    pub topology: HashMap<String, Arc<ClusterSnapshot>>,
+    /// Live topology per database, updated by health checks.
+    pub topology: HashMap<String, TopologyHandle>,
     pub client_tls: Option<ClientTlsAcceptor>,
     pub server_tls: ServerTlsConnector,
 }
@@ -72,7 +75,12 @@ impl Generation {
         let topology = config
             .databases
             .iter()
-            .map(|db| (db.name.clone(), Arc::new(initial_topology(db))))
+            .map(|db| {
+                (
+                    db.name.clone(),
+                    Arc::new(ArcSwap::from_pointee(initial_topology(db))),
+                )
+            })
             .collect();
         Ok(Generation {
             config,
@@ -86,7 +94,7 @@ impl Generation {
 }
 
 /// The topology as configured, before any health check has run.
-fn initial_topology(db: &crate::config::DatabaseConfig) -> ClusterSnapshot {
+pub fn initial_topology(db: &crate::config::DatabaseConfig) -> ClusterSnapshot {
     let nodes = db
         .nodes
         .iter()
@@ -102,6 +110,9 @@ fn initial_topology(db: &crate::config::DatabaseConfig) -> ClusterSnapshot {
                 NodeRole::Auto => Role::Unknown,
             },
             health: Health::Unknown,
+            lsn: None,
+            lag: None,
+            freshness: Freshness::Fresh,
         })
         .collect();
     ClusterSnapshot { nodes }
