@@ -1,6 +1,6 @@
 //! Transaction pooling with real clients on a small pool: many clients share a few server
 //! connections, a transaction keeps its connection to the end, pipelines stay on one connection,
-//! session state pins the client, and a client gone mid-transaction leaves nothing behind.
+//! settings follow the client, LISTEN pins it, and a client gone mid-transaction leaves nothing behind.
 
 mod common;
 
@@ -132,52 +132,75 @@ async fn pipelined_queries_stay_on_one_connection_until_every_sync_is_answered()
 }
 
 #[tokio::test]
-async fn session_state_pins_the_client_and_never_leaks() {
-    let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 2", "")).await;
-    let setter = proxy.app_client().await;
-    setter
-        .batch_execute("SET application_name = 'pinned-client'")
+async fn settings_follow_the_client_and_never_leak() {
+    let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 1", "")).await;
+    let a = proxy.app_client().await;
+    let b = proxy.app_client().await;
+    a.batch_execute("SET application_name = 'client-a'; SET search_path = a_schema, public")
         .await
         .unwrap();
-    let pid: i32 = setter
+    b.batch_execute("SET application_name = 'client-b'")
+        .await
+        .unwrap();
+    let show = "SELECT current_setting('application_name'), current_setting('search_path')";
+    for _ in 0..3 {
+        // One server connection serves both clients in turn; each sees only its own settings.
+        let row = &a.query_typed(show, &[]).await.unwrap()[0];
+        assert_eq!(row.get::<_, String>(0), "client-a");
+        assert_eq!(row.get::<_, String>(1), "a_schema, public");
+        let row = &b.query_typed(show, &[]).await.unwrap()[0];
+        assert_eq!(row.get::<_, String>(0), "client-b");
+        assert_eq!(row.get::<_, String>(1), "\"$user\", public");
+    }
+    // A SET rolled back, and a SET LOCAL, do not stick; RESET goes back to the default.
+    a.batch_execute("BEGIN; SET application_name = 'rolled-back'; ROLLBACK")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; SET LOCAL application_name = 'local'; COMMIT")
+        .await
+        .unwrap();
+    let row = &a.query_typed(show, &[]).await.unwrap()[0];
+    assert_eq!(row.get::<_, String>(0), "client-a");
+    a.batch_execute("RESET search_path").await.unwrap();
+    b.batch_execute("SELECT 1").await.unwrap();
+    let row = &a.query_typed(show, &[]).await.unwrap()[0];
+    assert_eq!(row.get::<_, String>(1), "\"$user\", public");
+    // A new client gets a clean server connection.
+    drop((a, b));
+    let c = proxy.app_client().await;
+    let row = &c.query_typed(show, &[]).await.unwrap()[0];
+    assert_eq!(row.get::<_, String>(0), "");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn listen_pins_the_client_and_others_never_share_its_connection() {
+    let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 2", "")).await;
+    let listener = proxy.app_client().await;
+    listener.batch_execute("LISTEN pinned_chan").await.unwrap();
+    let pid: i32 = listener
         .query_typed("SELECT pg_backend_pid()", &[])
         .await
         .unwrap()[0]
         .get(0);
     for _ in 0..5 {
-        let row = setter
-            .query_typed(
-                "SELECT current_setting('application_name'), pg_backend_pid()",
-                &[],
-            )
+        let row = listener
+            .query_typed("SELECT pg_backend_pid()", &[])
             .await
             .unwrap();
-        assert_eq!(row[0].get::<_, String>(0), "pinned-client");
         assert_eq!(
-            row[0].get::<_, i32>(1),
+            row[0].get::<_, i32>(0),
             pid,
             "a pinned client keeps its connection"
         );
     }
-    // Others never see it.
     for _ in 0..5 {
         let other = proxy.app_client().await;
         let row = other
-            .query_typed(
-                "SELECT current_setting('application_name'), pg_backend_pid()",
-                &[],
-            )
+            .query_typed("SELECT pg_backend_pid()", &[])
             .await
             .unwrap();
-        assert_ne!(row[0].get::<_, String>(0), "pinned-client");
-        assert_ne!(row[0].get::<_, i32>(1), pid);
-    }
-    // Named prepared statements (tokio-postgres' prepare) pin too, and keep working.
-    let preparer = proxy.app_client().await;
-    let stmt = preparer.prepare("SELECT $1::text").await.unwrap();
-    for i in 0..5 {
-        let row = preparer.query_one(&stmt, &[&i.to_string()]).await.unwrap();
-        assert_eq!(row.get::<_, String>(0), i.to_string());
+        assert_ne!(row[0].get::<_, i32>(0), pid);
     }
     proxy.stop().await;
 }

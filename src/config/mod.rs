@@ -302,6 +302,24 @@ pub struct PoolSettings {
     pub server_lifetime: Duration,
     /// Run when a session-mode client leaves; "" = none.
     pub reset_query: String,
+    /// Transaction pooling: statements kept prepared per server connection (LRU); at least 1.
+    pub server_prepared_statements: usize,
+    /// A query running longer than this is cancelled on the server; 0 = never.
+    #[serde(with = "duration")]
+    pub query_timeout: Duration,
+    /// A client idle inside a transaction longer than this is disconnected; 0 = never.
+    #[serde(with = "duration")]
+    pub idle_transaction_timeout: Duration,
+    /// A client idle between transactions longer than this is disconnected; 0 = never.
+    #[serde(with = "duration")]
+    pub client_idle_timeout: Duration,
+    /// A client waiting this long for a server connection gets a NOTICE saying so; 0 = never.
+    #[serde(with = "duration")]
+    pub checkout_notice_after: Duration,
+    /// Extra server connections a pool may open when a client has waited `reserve_timeout`.
+    pub reserve_size: usize,
+    #[serde(with = "duration")]
+    pub reserve_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -315,6 +333,13 @@ impl Default for PoolSettings {
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             reset_query: "DISCARD ALL".to_string(),
+            server_prepared_statements: 250,
+            query_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            checkout_notice_after: Duration::from_secs(5),
+            reserve_size: 0,
+            reserve_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -338,6 +363,21 @@ impl PoolSettings {
                 .reset_query
                 .clone()
                 .unwrap_or_else(|| self.reset_query.clone()),
+            server_prepared_statements: overrides
+                .server_prepared_statements
+                .unwrap_or(self.server_prepared_statements),
+            query_timeout: overrides.query_timeout.unwrap_or(self.query_timeout),
+            idle_transaction_timeout: overrides
+                .idle_transaction_timeout
+                .unwrap_or(self.idle_transaction_timeout),
+            client_idle_timeout: overrides
+                .client_idle_timeout
+                .unwrap_or(self.client_idle_timeout),
+            checkout_notice_after: overrides
+                .checkout_notice_after
+                .unwrap_or(self.checkout_notice_after),
+            reserve_size: overrides.reserve_size.unwrap_or(self.reserve_size),
+            reserve_timeout: overrides.reserve_timeout.unwrap_or(self.reserve_timeout),
         }
     }
 }
@@ -358,6 +398,18 @@ pub struct PoolOverrides {
     #[serde(with = "duration::option")]
     pub server_lifetime: Option<Duration>,
     pub reset_query: Option<String>,
+    pub server_prepared_statements: Option<usize>,
+    #[serde(with = "duration::option")]
+    pub query_timeout: Option<Duration>,
+    #[serde(with = "duration::option")]
+    pub idle_transaction_timeout: Option<Duration>,
+    #[serde(with = "duration::option")]
+    pub client_idle_timeout: Option<Duration>,
+    #[serde(with = "duration::option")]
+    pub checkout_notice_after: Option<Duration>,
+    pub reserve_size: Option<usize>,
+    #[serde(with = "duration::option")]
+    pub reserve_timeout: Option<Duration>,
 }
 
 /// A user clients log in as.

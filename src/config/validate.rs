@@ -155,6 +155,12 @@ fn check_pool(prefix: &str, pool: &PoolSettings, errors: &mut Errors) {
             format!("must be <= {prefix}.size ({})", pool.size),
         );
     }
+    if pool.server_prepared_statements == 0 {
+        errors.push(
+            format!("{prefix}.server_prepared_statements"),
+            "must be at least 1".to_string(),
+        );
+    }
     if pool.checkout_timeout.is_zero() {
         errors.push(
             format!("{prefix}.checkout_timeout"),

@@ -21,6 +21,12 @@ use crate::server::{ConnectParams, ServerConnection, ServerError, ServerState};
 /// given up as broken.
 const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether a reset query drops every prepared statement.
+fn deallocates(reset_query: &str) -> bool {
+    let upper = reset_query.to_ascii_uppercase();
+    upper.contains("DISCARD ALL") || upper.contains("DEALLOCATE ALL")
+}
+
 /// Why a client got no server connection.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -287,8 +293,17 @@ impl PooledServer {
                     .await
                     .is_ok())
             && conn.state() == ServerState::Idle;
+        let clean = clean
+            && (!reset_ran
+                || conn.prepared_mut().is_empty()
+                || deallocates(reset_query)
+                || conn
+                    .run_query("DEALLOCATE ALL", HOUSEKEEPING_TIMEOUT)
+                    .await
+                    .is_ok());
         if reset_ran {
             conn.set_applied_settings(Vec::new());
+            conn.prepared_mut().clear();
         }
         if !clean {
             tracing::debug!(pool = %self.pool.name, state = ?conn.state(), "closing server connection that cannot be reused");

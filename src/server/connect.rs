@@ -90,6 +90,7 @@ impl ConnectParams {
             last_used: now,
             home: worker,
             applied: Vec::new(),
+            prepared: super::PreparedSet::default(),
         })
     }
 

@@ -2,6 +2,7 @@
 //! the server reported, its transaction state, and the few queries the proxy runs itself (reset, SET).
 
 mod connect;
+mod prepared;
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 pub use connect::{send_cancel, ConnectParams};
+pub use prepared::PreparedSet;
 
 use crate::net::{read_frame, FrameReadError, NetError, Stream, WorkerId};
 use crate::protocol::backend::{BackendMessage, ErrorFields, TransactionStatus};
@@ -85,6 +87,8 @@ pub struct ServerConnection {
     home: WorkerId,
     /// Settings the proxy SET on this connection for a client (beyond the startup defaults).
     applied: Vec<(String, String)>,
+    /// Proxy-named statements prepared here (transaction pooling).
+    prepared: PreparedSet,
 }
 
 impl ServerConnection {
@@ -109,6 +113,16 @@ impl ServerConnection {
     /// Records the settings now in force (after a SET/RESET the proxy ran, or a reset query).
     pub fn set_applied_settings(&mut self, settings: Vec<(String, String)>) {
         self.applied = settings;
+    }
+
+    /// The socket and the prepared set at once, for a relay that renames statements.
+    pub fn parts_mut(&mut self) -> (&mut Stream, &mut PreparedSet) {
+        (&mut self.stream, &mut self.prepared)
+    }
+
+    /// The proxy-named statements prepared on this connection.
+    pub fn prepared_mut(&mut self) -> &mut PreparedSet {
+        &mut self.prepared
     }
 
     /// The server's BackendKeyData, for forwarding cancel requests.
@@ -194,7 +208,7 @@ impl ServerConnection {
     /// Runs SQL the proxy needs (reset, SET), reading to ReadyForQuery. Rows are discarded;
     /// ParameterStatus updates are recorded. Fails if the server reports an error.
     pub async fn run_query(&mut self, sql: &str, timeout: Duration) -> Result<(), ServerError> {
-        match tokio::time::timeout(timeout, self.run_query_inner(sql)).await {
+        match tokio::time::timeout(timeout, self.run_query_inner(sql, None)).await {
             Ok(result) => result,
             Err(_) => {
                 self.state = ServerState::Broken;
@@ -203,7 +217,28 @@ impl ServerConnection {
         }
     }
 
-    async fn run_query_inner(&mut self, sql: &str) -> Result<(), ServerError> {
+    /// Runs `sql` (simple protocol) and returns its rows as text (NULL as `None`), bounded by
+    /// `timeout` like [`ServerConnection::run_query`].
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut rows = Vec::new();
+        match tokio::time::timeout(timeout, self.run_query_inner(sql, Some(&mut rows))).await {
+            Ok(result) => result.map(|()| rows),
+            Err(_) => {
+                self.state = ServerState::Broken;
+                Err(ServerError::Timeout(timeout))
+            }
+        }
+    }
+
+    async fn run_query_inner(
+        &mut self,
+        sql: &str,
+        mut rows: Option<&mut Vec<Vec<Option<String>>>>,
+    ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         frontend::encode_query(sql, &mut out);
         self.state = ServerState::Busy;
@@ -225,6 +260,20 @@ impl ServerConnection {
                     self.note_parameter(&name, &value)
                 }
                 Ok(BackendMessage::ErrorResponse(fields)) => failure = Some(fields),
+                Ok(BackendMessage::DataRow(body)) => {
+                    if let Some(rows) = rows.as_deref_mut() {
+                        match data_row_text(&body) {
+                            Some(row) => rows.push(row),
+                            None => {
+                                self.state = ServerState::Broken;
+                                return Err(ServerError::Protocol(ProtocolError::Malformed {
+                                    what: "DataRow",
+                                    reason: "column lengths do not match the message",
+                                }));
+                            }
+                        }
+                    }
+                }
                 Ok(BackendMessage::ReadyForQuery { status }) => {
                     self.state = match status {
                         TransactionStatus::Idle => ServerState::Idle,
@@ -265,4 +314,23 @@ impl ServerConnection {
         })
         .await;
     }
+}
+
+/// The columns of a DataRow body as text (`None` for NULL); `None` if the body is malformed.
+fn data_row_text(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut at = 2;
+    let mut row = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
+        at += 4;
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let value = body.get(at..at + len as usize)?;
+        at += len as usize;
+        row.push(Some(String::from_utf8_lossy(value).into_owned()));
+    }
+    (at == body.len()).then_some(row)
 }

@@ -2,16 +2,19 @@
 //! connection for the whole session) or transaction pooling (a server connection from the first
 //! message of a transaction until the server is idle again), relaying in between.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::cancel::{CancelGuard, CancelTarget};
-use super::relay::{self, Policy, RelayEnd};
+use super::exchange::{Exchange, Expect};
+use super::relay::{self, Policy, RelayEnd, RelayOutcome};
+use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
 use crate::config::PoolMode;
 use crate::net::{Stream, WorkerId};
@@ -25,6 +28,24 @@ use crate::server::ServerState;
 /// Read size while a transaction-pooled client has no server connection.
 const IDLE_READ: usize = 1024;
 
+/// Time allowed for the proxy's own queries between a client's transactions (reading settings
+/// back, dropping statements).
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads back the settings a client changed with SET/RESET/set_config: whatever the session set.
+const SESSION_SETTINGS_SQL: &str = "SELECT name, setting FROM pg_settings WHERE source = 'session'";
+
+/// What a transaction-pooled client carries from one server connection to the next.
+#[derive(Debug, Default)]
+struct ClientState {
+    /// Settings from the startup packet (what RESET returns to).
+    startup: Vec<(String, String)>,
+    /// Settings every server connection must have for this client.
+    settings: Vec<(String, String)>,
+    statements: ClientStatements,
+    /// Responses owed while relaying (empty between transactions).
+    expected: VecDeque<Expect>,
+}
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
@@ -75,14 +96,19 @@ impl<'a> Session<'a> {
             PoolMode::Session => {
                 let stop_wait = std::pin::pin!(self.shared.stop.cancelled());
                 let (end, _) = self
-                    .relay(stream, buf, &mut server, &cancel, false, stop_wait)
+                    .relay(stream, buf, &mut server, &cancel, None, stop_wait)
                     .await;
                 server.release(true).await;
                 end
             }
             PoolMode::Transaction => {
                 server.release(false).await;
-                self.transactions(stream, buf, &pool, &settings, &cancel)
+                let mut state = ClientState {
+                    startup: settings.clone(),
+                    settings,
+                    ..ClientState::default()
+                };
+                self.transactions(stream, buf, &pool, &mut state, &cancel)
                     .await
             }
         }
@@ -95,7 +121,7 @@ impl<'a> Session<'a> {
         stream: &mut Stream,
         mut buf: BytesMut,
         pool: &Arc<Pool>,
-        settings: &[(String, String)],
+        state: &mut ClientState,
         cancel: &CancelGuard<'_>,
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
@@ -120,12 +146,36 @@ impl<'a> Session<'a> {
             if buf.first() == Some(&b'X') {
                 return Ok(RelayEnd::ClientTerminated);
             }
-            let mut server = self.checkout(pool, settings).await?;
+            if let Some((consumed, parses)) =
+                parse_without_server(&self.shared.statements, &mut state.statements, &buf)
+            {
+                // Known statements need no server: answer ParseComplete(s) and ReadyForQuery.
+                let _ = buf.split_to(consumed);
+                let mut out = BytesMut::with_capacity(parses * 5 + 6);
+                for _ in 0..parses {
+                    out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+                }
+                backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+                stream.write_all(&out).await.map_err(ClientError::Io)?;
+                continue;
+            }
+            let mut server = self.checkout(pool, &state.settings).await?;
+            state.expected.clear();
             let (end, rest) = self
-                .relay(stream, buf, &mut server, cancel, true, stop_wait.as_mut())
+                .relay(
+                    stream,
+                    buf,
+                    &mut server,
+                    cancel,
+                    Some(state),
+                    stop_wait.as_mut(),
+                )
                 .await;
             buf = rest;
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
+            if state.expected.capacity() > 64 {
+                state.expected = VecDeque::new();
+            }
             // A session that ends releases with the session-mode reset, so state never leaks.
             server.release(reset).await;
             match end {
@@ -209,6 +259,61 @@ impl<'a> Session<'a> {
         Ok(server)
     }
 
+    /// Between transactions, with the server idle: drops server statements if the client dropped
+    /// them in SQL, and reads back settings the client changed so they follow it to its next
+    /// server connection (a SET rolled back, SET LOCAL and RESET all show up right this way).
+    /// A failure leaves the connection marked broken, so the pool closes it.
+    async fn after_transaction(
+        &self,
+        conn: &mut crate::server::ServerConnection,
+        state: &mut ClientState,
+        outcome: &RelayOutcome,
+    ) {
+        if outcome.statements_dropped {
+            conn.prepared_mut().clear();
+            if conn
+                .run_query("DEALLOCATE ALL", HOUSEKEEPING_TIMEOUT)
+                .await
+                .is_err()
+            {
+                conn.set_state(ServerState::Broken);
+            }
+        }
+        if !outcome.settings_changed {
+            return;
+        }
+        let rows = match conn
+            .query_rows(SESSION_SETTINGS_SQL, HOUSEKEEPING_TIMEOUT)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "cannot read back session settings");
+                conn.set_state(ServerState::Broken);
+                return;
+            }
+        };
+        let session: Vec<(String, String)> = rows
+            .into_iter()
+            .filter_map(|row| match row.as_slice() {
+                [Some(name), Some(value)] => Some((name.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut settings = state.startup.clone();
+        for (name, value) in &session {
+            match settings
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                Some(entry) => entry.1 = value.clone(),
+                None => settings.push((name.clone(), value.clone())),
+            }
+        }
+        state.settings = settings;
+        conn.set_applied_settings(session);
+    }
+
     /// Relays until the session (or, with `transaction_pooling`, the transaction) ends; records what
     /// the relay saw on the server connection. Returns the client bytes not yet forwarded.
     async fn relay(
@@ -217,31 +322,46 @@ impl<'a> Session<'a> {
         buf: BytesMut,
         server: &mut PooledServer,
         cancel: &CancelGuard<'_>,
-        transaction_pooling: bool,
+        mut state: Option<&mut ClientState>,
         stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         cancel.set_target(Some(CancelTarget {
             pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
         }));
+        let capacity = server.pool().settings().server_prepared_statements;
         let conn = server.conn();
         let server_buf = conn.take_buffered();
         let policy = Policy {
-            transaction_pooling,
-            pins: pins::pins_session,
+            transaction_pooling: state.is_some(),
+            effects: pins::query_effects,
         };
+        let (server_stream, prepared) = conn.parts_mut();
+        prepared.set_capacity(capacity);
+        let exchange = state.as_deref_mut().map(|state| Exchange {
+            cache: &self.shared.statements,
+            client: &mut state.statements,
+            server: prepared,
+            expected: &mut state.expected,
+            settings_changed: false,
+            pinned: None,
+        });
         let outcome = relay::relay(
             stream,
             buf,
-            conn.stream_mut(),
+            server_stream,
             server_buf,
             self.generation.config.limits.max_message_size,
             policy,
+            exchange,
             &self.shared.stop,
             stop_wait,
         )
         .await;
         cancel.set_target(None);
+        if let (Some(state), RelayEnd::TransactionDone) = (state, &outcome.end) {
+            self.after_transaction(conn, state, &outcome).await;
+        }
         conn.restore_buffer(outcome.server_buf);
         for (name, value) in &outcome.parameters {
             conn.note_parameter(name, value);

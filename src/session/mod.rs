@@ -6,10 +6,12 @@ pub mod auth;
 pub mod cancel;
 mod client;
 mod error;
+pub mod exchange;
 pub mod params;
 mod pins;
 pub mod relay;
 pub mod startup;
+pub mod statements;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -118,6 +120,9 @@ pub fn initial_topology(db: &crate::config::DatabaseConfig) -> ClusterSnapshot {
     ClusterSnapshot { nodes }
 }
 
+/// Distinct statements kept proxy-wide before unused ones are forgotten.
+const STATEMENT_CACHE_CAPACITY: usize = 100_000;
+
 /// Process-wide handles every client task uses.
 #[derive(Debug)]
 pub struct Shared {
@@ -127,6 +132,8 @@ pub struct Shared {
     pub clients: AtomicUsize,
     /// Fired when sessions must end now (shutdown timeout reached).
     pub stop: CancellationToken,
+    /// Named prepared statements of transaction-pooled clients, proxy-wide.
+    pub statements: statements::StatementCache,
 }
 
 impl Shared {
@@ -136,6 +143,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             stop: CancellationToken::new(),
+            statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
         }
     }
 }

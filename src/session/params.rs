@@ -93,7 +93,7 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, ParamError> {
     Ok(settings)
 }
 
-/// The SET and RESET statements that give a server connection the client's settings: `desired`
+/// The set_config and RESET statements that give a server connection the client's settings: `desired`
 /// is what the client asked for, `applied` what the proxy set on this connection for its previous
 /// user, `reported` the server's ParameterStatus values. A setting already in force is skipped; one
 /// applied for someone else and not wanted now is RESET. `None` when nothing needs to change.
@@ -107,16 +107,22 @@ pub fn sync_statements(
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    // set_config takes values in their configuration-file form, so list settings such as
+    // search_path keep their elements (SET x TO 'a,b' would make one quoted element).
     let mut sql = String::new();
     for (name, value) in desired {
         let current = find(applied, name).or_else(|| find(reported, name));
         if current == Some(value.as_str()) {
             continue;
         }
-        sql.push_str("SET ");
-        sql.push_str(name);
-        sql.push_str(" TO ");
+        sql.push_str(if sql.is_empty() { "SELECT " } else { ", " });
+        sql.push_str("set_config(");
+        push_literal(&mut sql, name);
+        sql.push_str(", ");
         push_literal(&mut sql, value);
+        sql.push_str(", false)");
+    }
+    if !sql.is_empty() {
         sql.push_str("; ");
     }
     for (name, _) in applied {
@@ -214,7 +220,7 @@ mod tests {
         let sql = sync_statements(&wanted, &[], &server).unwrap();
         assert_eq!(
             sql,
-            "SET datestyle TO 'ISO, DMY'; SET application_name TO E'it''s \\\\ here'; "
+            "SELECT set_config('datestyle', 'ISO, DMY', false), set_config('application_name', E'it''s \\\\ here', false); "
         );
         assert_eq!(sync_statements(&wanted[..1], &[], &server), None);
         // What the previous client set and this one does not want is reset.

@@ -1,35 +1,76 @@
 //! Which simple-query SQL creates session state that transaction pooling cannot move between server
 //! connections, so the client must be pinned to its connection. Decided by the router's SQL
 //! classifier (a real lexer: keywords inside strings, comments and dollar quotes do not count).
-//! Fails closed: SQL the lexer cannot read pins.
+//! Fails closed: SQL the lexer cannot read pins. Settings (SET, RESET, set_config) do not pin:
+//! they are tracked and moved with the client; DEALLOCATE and DISCARD ALL act on the client's view.
 
-use crate::router::classify::{classify, ClassifierConfig, SessionEffect};
+use crate::router::classify::{classify, ClassifierConfig, DiscardScope, SessionEffect};
 
-/// Why `sql` pins the client, or `None` if it creates no session state.
-pub fn pins_session(sql: &str) -> Option<&'static str> {
-    // Writing functions do not matter for pinning; an empty list allocates nothing.
+/// What a query string does to session state, as far as transaction pooling cares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct QueryEffects {
+    /// Why the client must keep its server connection, if it must.
+    pub pin: Option<&'static str>,
+    /// It may change session settings (SET, RESET, set_config, DISCARD ALL): read them back.
+    pub settings: bool,
+    /// `DEALLOCATE ALL` or `DISCARD ALL`: the client's named statements are all gone.
+    pub forget_all_statements: bool,
+    /// `DEALLOCATE name` as the whole query string: that client statement is gone.
+    pub deallocate: Option<String>,
+}
+
+/// What `sql` does to session state.
+pub fn query_effects(sql: &str) -> QueryEffects {
+    // Writing functions do not matter here; an empty list allocates nothing.
     let config = ClassifierConfig {
         writing_functions: Vec::new(),
         standard_conforming_strings: true,
     };
     let classification = classify(sql, &config);
+    let mut effects = QueryEffects::default();
     if classification.malformed.is_some() {
-        return Some("SQL the proxy cannot read");
+        effects.pin = Some("SQL the proxy cannot read");
+        return effects;
     }
-    classification.session_state.iter().find_map(reason)
+    for effect in &classification.session_state {
+        match effect {
+            SessionEffect::Set { .. } | SessionEffect::SetConfig | SessionEffect::Reset { .. } => {
+                effects.settings = true
+            }
+            SessionEffect::Discard(DiscardScope::All) => {
+                effects.settings = true;
+                effects.forget_all_statements = true;
+            }
+            SessionEffect::Deallocate { name: None } => effects.forget_all_statements = true,
+            SessionEffect::Deallocate { name: Some(name) } if classification.statements == 1 => {
+                effects.deallocate = Some(name.clone())
+            }
+            _ => {}
+        }
+        if effects.pin.is_none() {
+            effects.pin = reason(effect);
+        }
+    }
+    effects
 }
 
-/// The reason shown in logs for one kind of session state; UNLISTEN only removes state.
+/// Why `sql` pins the client, or `None` if it creates no session state that pins.
+#[cfg(test)]
+fn pins_session(sql: &str) -> Option<&'static str> {
+    query_effects(sql).pin
+}
+
+/// The reason shown in logs for session state that cannot move between server connections.
 fn reason(effect: &SessionEffect) -> Option<&'static str> {
     Some(match effect {
-        SessionEffect::Set { .. } => "SET",
-        SessionEffect::SetConfig => "set_config()",
-        SessionEffect::Reset { .. } => "RESET",
-        SessionEffect::Discard(_) => "DISCARD",
+        SessionEffect::Set { .. }
+        | SessionEffect::SetConfig
+        | SessionEffect::Reset { .. }
+        | SessionEffect::Unlisten { .. } => return None,
+        SessionEffect::Discard(_) => return None,
         SessionEffect::Listen { .. } => "LISTEN",
-        SessionEffect::Unlisten { .. } => return None,
         SessionEffect::Prepare { .. } => "PREPARE",
-        SessionEffect::Deallocate { .. } => "DEALLOCATE",
+        SessionEffect::Deallocate { .. } => return None,
         SessionEffect::DeclareWithHold { .. } => "cursor WITH HOLD",
         SessionEffect::CreateTemp => "temporary table",
         SessionEffect::AdvisoryLock { .. } => "session advisory lock",
@@ -39,28 +80,47 @@ fn reason(effect: &SessionEffect) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::pins_session;
+    use super::{pins_session, query_effects, QueryEffects};
 
     #[test]
     fn session_state_pins() {
         for sql in [
-            "SET search_path = a",
-            "set session statement_timeout = 5",
-            "SELECT 1; SET TimeZone TO 'UTC'",
-            "RESET ALL",
-            "DISCARD ALL",
             "LISTEN chan",
             "PREPARE p AS SELECT 1",
-            "DEALLOCATE p",
             "CREATE TEMP TABLE t(x int)",
             "create temporary table t(x int)",
             "SELECT pg_advisory_lock(1)",
             "select pg_try_advisory_lock_shared(1)",
             "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
-            "/* hi */ SET x.y = 1",
+            "/* hi */ LISTEN x",
+            "SELECT 1; SELECT pg_advisory_lock(2)",
         ] {
             assert!(pins_session(sql).is_some(), "{sql}");
         }
+    }
+
+    #[test]
+    fn settings_are_tracked_and_statements_forgotten_not_pinned() {
+        for sql in [
+            "SET search_path = a",
+            "set session statement_timeout = 5",
+            "SELECT 1; SET TimeZone TO 'UTC'",
+            "RESET ALL",
+            "/* hi */ SET x.y = 1",
+            "SELECT set_config('a.b', '1', false)",
+        ] {
+            let effects = query_effects(sql);
+            assert!(effects.pin.is_none() && effects.settings, "{sql}");
+        }
+        let discard = query_effects("DISCARD ALL");
+        assert!(discard.pin.is_none() && discard.settings && discard.forget_all_statements);
+        assert!(query_effects("DEALLOCATE ALL").forget_all_statements);
+        assert_eq!(
+            query_effects("deallocate prepare S1").deallocate.as_deref(),
+            Some("s1")
+        );
+        assert_eq!(query_effects("DEALLOCATE a; SELECT 1").deallocate, None);
+        assert_eq!(query_effects("SELECT 1"), QueryEffects::default());
     }
 
     #[test]

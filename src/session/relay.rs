@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::exchange::{Exchange, Expect, Response};
+use super::pins::QueryEffects;
 use crate::net::Stream;
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::frame::{Passthrough, Step};
@@ -53,8 +55,9 @@ pub enum RelayEnd {
 #[derive(Clone, Copy)]
 pub struct Policy {
     pub transaction_pooling: bool,
-    /// Tells whether a simple query creates session state that pins the client (and why).
-    pub pins: fn(&str) -> Option<&'static str>,
+    /// What a simple query does to session state: pins the client (and why), changes settings,
+    /// drops named statements.
+    pub effects: fn(&str) -> QueryEffects,
 }
 
 impl std::fmt::Debug for Policy {
@@ -80,6 +83,11 @@ pub struct RelayOutcome {
     pub server_buf: BytesMut,
     /// Why the client must keep this server connection, if it must.
     pub pinned: Option<&'static str>,
+    /// The client may have changed session settings: read them back before reuse.
+    pub settings_changed: bool,
+    /// The client dropped named statements in SQL (DEALLOCATE, DISCARD ALL): the server
+    /// connection's prepared set is no longer known.
+    pub statements_dropped: bool,
 }
 
 /// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
@@ -91,6 +99,8 @@ struct Flight {
     /// Extended-protocol messages forwarded since the last Sync.
     unsynced: bool,
     pinned: Option<&'static str>,
+    settings_changed: bool,
+    statements_dropped: bool,
 }
 
 /// Which end a pipe reads from.
@@ -108,6 +118,10 @@ struct Pipe {
     pass: Passthrough,
     /// Bytes at the front of `buf` cleared for forwarding.
     ready: usize,
+    /// Bytes to forward before anything in `buf`, used once a message is rewritten, dropped or
+    /// answered by the proxy; while it holds bytes, `ready` is 0 and cleared messages are copied
+    /// here to keep their order. Allocated only when needed.
+    out: BytesMut,
     /// End the direction this way once `ready` bytes are written (Terminate, a release point).
     stop: Option<RelayEnd>,
     /// Written bytes that may still sit in a TLS buffer.
@@ -127,6 +141,7 @@ impl Pipe {
             buf,
             pass: Passthrough::default(),
             ready: 0,
+            out: BytesMut::new(),
             stop: None,
             need_flush: false,
             read_size,
@@ -159,10 +174,11 @@ impl Pipe {
     /// forwarded or written, or (reading from the server) bytes read but not delivered, which would
     /// otherwise reach the next client as the tail of a message.
     fn torn(&self) -> bool {
-        let undelivered = match self.source {
-            Source::Client => self.ready > 0,
-            Source::Server => !self.buf.is_empty(),
-        };
+        let undelivered = !self.out.is_empty()
+            || match self.source {
+                Source::Client => self.ready > 0,
+                Source::Server => !self.buf.is_empty(),
+            };
         self.pass.in_message() || undelivered
     }
 
@@ -174,12 +190,22 @@ impl Pipe {
         mut dst: Pin<&mut W>,
         flight: &mut Flight,
         policy: Policy,
+        exchange: &mut Option<Exchange<'_>>,
     ) -> Poll<RelayEnd>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         loop {
+            while !self.out.is_empty() {
+                match ready!(dst.as_mut().poll_write(cx, &self.out)) {
+                    Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
+                    Ok(n) => {
+                        self.out.advance(n);
+                        self.need_flush = true;
+                    }
+                }
+            }
             while self.ready > 0 {
                 match ready!(dst.as_mut().poll_write(cx, &self.buf[..self.ready])) {
                     Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
@@ -199,10 +225,10 @@ impl Pipe {
                 }
                 return Poll::Ready(end);
             }
-            if let Err(e) = self.scan(flight, policy) {
+            if let Err(e) = self.scan(flight, policy, exchange) {
                 return Poll::Ready(self.protocol_error(e));
             }
-            if self.ready > 0 || self.stop.is_some() {
+            if self.ready > 0 || !self.out.is_empty() || self.stop.is_some() {
                 continue;
             }
             if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
@@ -226,34 +252,48 @@ impl Pipe {
 
     /// Clears buffered bytes for forwarding, message by message, looking at headers only, and at
     /// whole frames for the few messages the proxy must understand.
-    fn scan(&mut self, flight: &mut Flight, policy: Policy) -> Result<(), ProtocolError> {
+    fn scan(
+        &mut self,
+        flight: &mut Flight,
+        policy: Policy,
+        exchange: &mut Option<Exchange<'_>>,
+    ) -> Result<(), ProtocolError> {
         while self.stop.is_none() {
+            if let Some(exchange) = exchange.as_mut() {
+                if self.source == Source::Server && exchange.owes() && !self.pass.in_message() {
+                    self.divert();
+                    exchange.owed(&mut self.out);
+                }
+            }
             let (header, available) = match self
                 .pass
                 .step(&self.buf[self.ready..], self.max_message_size)?
             {
                 Step::NeedMore => return Ok(()),
                 Step::Body { n } => {
-                    self.pass.advance(n);
-                    self.ready += n;
+                    self.clear(n);
                     continue;
                 }
                 Step::Message { header, available } => (header, available),
             };
-            let whole = self.ready..self.ready + header.frame_len();
+            let frame_len = header.frame_len();
+            let rewriting = exchange.is_some();
             let needs_whole = match self.source {
-                Source::Client => policy.transaction_pooling && matches!(header.tag, b'P' | b'Q'),
-                Source::Server => matches!(header.tag, b'Z' | b'S'),
+                Source::Client => {
+                    policy.transaction_pooling
+                        && matches!(header.tag, b'P' | b'Q' | b'B' | b'D' | b'C')
+                }
+                Source::Server => {
+                    matches!(header.tag, b'Z' | b'S')
+                        || (rewriting && matches!(header.tag, b'1' | b'3'))
+                }
             };
-            if needs_whole && available < header.frame_len() {
-                self.buf.reserve(header.frame_len() - available);
+            if needs_whole && available < frame_len {
+                self.buf.reserve(frame_len - available);
                 return Ok(());
             }
-            let body = if needs_whole {
-                &self.buf[whole.start + 5..whole.end]
-            } else {
-                &[][..]
-            };
+            let frame = &self.buf[self.ready..self.ready + available];
+            let body = if needs_whole { &frame[5..] } else { &[][..] };
             match self.source {
                 Source::Client => {
                     if header.tag == b'X' {
@@ -261,24 +301,124 @@ impl Pipe {
                         self.stop = Some(RelayEnd::ClientTerminated);
                         return Ok(());
                     }
-                    note_request(header.tag, body, flight, policy);
+                    let dropped = note_request(header.tag, body, flight, policy);
+                    if let Some(exchange) = exchange.as_mut() {
+                        if self.client_request(exchange, available, dropped, flight) {
+                            continue;
+                        }
+                    }
                 }
                 Source::Server => {
-                    if observe(header.tag, body, flight)? && policy.transaction_pooling {
+                    if let Some(exchange) = exchange.as_mut() {
+                        if exchange.response(header.tag) == Response::Drop {
+                            self.divert();
+                            self.drop_message(frame_len);
+                            continue;
+                        }
+                    }
+                    let owed = exchange.as_ref().is_some_and(|e| !e.expected.is_empty());
+                    if observe(header.tag, body, flight)? && policy.transaction_pooling && !owed {
                         self.stop = Some(RelayEnd::TransactionDone);
                     }
                 }
             }
-            self.pass.advance(available);
-            self.ready += available;
+            self.clear(available);
         }
         Ok(())
     }
+
+    /// Hands a client message at the scan position to the statement exchange. True if the
+    /// exchange consumed it (rewritten, answered by the proxy); false to forward it as is.
+    fn client_request(
+        &mut self,
+        exchange: &mut Exchange<'_>,
+        available: usize,
+        dropped: Option<StatementDrop>,
+        flight: &mut Flight,
+    ) -> bool {
+        let frame = &self.buf[self.ready..self.ready + available];
+        if let Some(dropped) = dropped {
+            exchange.expected.push_back(Expect::UntilReady);
+            let name = match dropped {
+                StatementDrop::All => {
+                    exchange.client.clear();
+                    flight.statements_dropped = true;
+                    return false;
+                }
+                StatementDrop::Named(name) => name,
+            };
+            let Some((sql, all)) = exchange.deallocate(name.as_bytes()) else {
+                return false;
+            };
+            flight.statements_dropped |= all;
+            self.divert();
+            crate::protocol::frontend::encode_query(&sql, &mut self.out);
+            self.drop_message(available);
+            return true;
+        }
+        if !exchange.intercepts(frame) {
+            exchange.request(frame, &mut self.out);
+            return false;
+        }
+        self.divert();
+        let frame = &self.buf[..available];
+        if exchange.request(frame, &mut self.out) == super::exchange::Request::Forward {
+            self.out.extend_from_slice(frame);
+        }
+        if flight.pinned.is_none() {
+            flight.pinned = exchange.pinned;
+        }
+        self.drop_message(available);
+        true
+    }
+
+    /// Clears the next `n` scanned bytes for forwarding, in place or (when earlier output was
+    /// rewritten) after it.
+    fn clear(&mut self, n: usize) {
+        if self.out.is_empty() {
+            self.ready += n;
+        } else {
+            self.out.extend_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+        }
+        self.pass.advance(n);
+    }
+
+    /// Moves the bytes cleared in place to `out`, so that something can be inserted after them.
+    fn divert(&mut self) {
+        if self.ready > 0 {
+            self.out.extend_from_slice(&self.buf[..self.ready]);
+            self.buf.advance(self.ready);
+            self.ready = 0;
+        }
+    }
+
+    /// Consumes the whole message at the scan position (after [`Pipe::divert`]) without
+    /// forwarding it.
+    fn drop_message(&mut self, frame_len: usize) {
+        debug_assert_eq!(self.ready, 0);
+        self.pass.advance(frame_len);
+        self.buf.advance(frame_len);
+    }
+}
+
+/// Named statements a simple query drops from the client's view.
+enum StatementDrop {
+    /// `DEALLOCATE ALL`, `DISCARD ALL`.
+    All,
+    /// `DEALLOCATE name` (the whole query string).
+    Named(String),
 }
 
 /// Tracks what a client request means for the server connection: requests awaiting ReadyForQuery,
-/// extended-protocol messages awaiting Sync, and session state that pins the client.
-fn note_request(tag: u8, body: &[u8], flight: &mut Flight, policy: Policy) {
+/// extended-protocol messages awaiting Sync, and session state. Returns the client statements a
+/// simple query drops.
+fn note_request(
+    tag: u8,
+    body: &[u8],
+    flight: &mut Flight,
+    policy: Policy,
+) -> Option<StatementDrop> {
     match tag {
         // Each of these is answered by exactly one ReadyForQuery.
         b'Q' | b'F' => flight.pending += 1,
@@ -289,22 +429,36 @@ fn note_request(tag: u8, body: &[u8], flight: &mut Flight, policy: Policy) {
         b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => flight.unsynced = true,
         _ => {}
     }
-    if !policy.transaction_pooling || flight.pinned.is_some() {
-        return;
+    if !policy.transaction_pooling || !matches!(tag, b'Q' | b'P') {
+        return None;
     }
-    match tag {
-        // A named prepared statement lives on this server connection only.
-        b'P' if body.first().is_some_and(|b| *b != 0) => {
-            flight.pinned = Some("named prepared statement");
+    let sql = match tag {
+        b'Q' => body.strip_suffix(&[0]).unwrap_or(body),
+        // Parse: the query text follows the statement name.
+        _ => {
+            let name_end = body.iter().position(|b| *b == 0)?;
+            let rest = &body[name_end + 1..];
+            &rest[..rest.iter().position(|b| *b == 0)?]
         }
-        b'Q' => {
-            let sql = body.strip_suffix(&[0]).unwrap_or(body);
-            if let Ok(sql) = std::str::from_utf8(sql) {
-                flight.pinned = (policy.pins)(sql);
-            }
-        }
-        _ => {}
+    };
+    let effects = match std::str::from_utf8(sql) {
+        Ok(sql) => (policy.effects)(sql),
+        Err(_) => QueryEffects {
+            pin: Some("SQL the proxy cannot read"),
+            ..QueryEffects::default()
+        },
+    };
+    if flight.pinned.is_none() {
+        flight.pinned = effects.pin;
     }
+    flight.settings_changed |= effects.settings;
+    if tag != b'Q' {
+        return None;
+    }
+    if effects.forget_all_statements {
+        return Some(StatementDrop::All);
+    }
+    effects.deallocate.map(StatementDrop::Named)
 }
 
 /// Records what a server message says; true at a release point (idle, nothing owed, not pinned).
@@ -331,13 +485,15 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolEr
 }
 
 /// Both directions of one client/server pair.
-struct Relay<'a, 's, 'w> {
+struct Relay<'a, 's, 'w, 'e> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     upstream: Pipe,
     downstream: Pipe,
     flight: Flight,
     policy: Policy,
+    /// Named prepared statements under transaction pooling (`None` in session pooling).
+    exchange: Option<Exchange<'e>>,
     /// Fires when the proxy must stop now. Polled once to register this task's waker, then only
     /// checked with an atomic load, so a wake-up costs no lock.
     stop: &'s CancellationToken,
@@ -345,7 +501,7 @@ struct Relay<'a, 's, 'w> {
     stop_registered: bool,
 }
 
-impl Future for Relay<'_, '_, '_> {
+impl Future for Relay<'_, '_, '_, '_> {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
@@ -363,18 +519,26 @@ impl Future for Relay<'_, '_, '_> {
         loop {
             let client = Pin::new(&mut *this.client);
             let server = Pin::new(&mut *this.server);
-            if let Poll::Ready(end) =
-                this.upstream
-                    .poll_pump(cx, client, server, &mut this.flight, policy)
-            {
+            if let Poll::Ready(end) = this.upstream.poll_pump(
+                cx,
+                client,
+                server,
+                &mut this.flight,
+                policy,
+                &mut this.exchange,
+            ) {
                 return Poll::Ready(end);
             }
             let client = Pin::new(&mut *this.client);
             let server = Pin::new(&mut *this.server);
-            match this
-                .downstream
-                .poll_pump(cx, server, client, &mut this.flight, policy)
-            {
+            match this.downstream.poll_pump(
+                cx,
+                server,
+                client,
+                &mut this.flight,
+                policy,
+                &mut this.exchange,
+            ) {
                 Poll::Ready(RelayEnd::TransactionDone) if !this.releasable() => continue,
                 other => return other,
             }
@@ -382,19 +546,23 @@ impl Future for Relay<'_, '_, '_> {
     }
 }
 
-impl Relay<'_, '_, '_> {
+impl Relay<'_, '_, '_, '_> {
     /// At a release point, whether the connection is really free: no client message is partly
     /// forwarded and no server bytes wait behind the ReadyForQuery.
     fn releasable(&self) -> bool {
         !self.upstream.pass.in_message()
             && self.upstream.ready == 0
+            && self.upstream.out.is_empty()
             && self.downstream.buf.is_empty()
+            && self.downstream.out.is_empty()
+            && self.exchange.as_ref().is_none_or(|e| e.expected.is_empty())
     }
 }
 
 /// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
 /// caller so a session can keep one registered across transactions). `client_buf` holds client
-/// bytes already read; `server_buf` server bytes already read.
+/// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
+/// statements (transaction pooling).
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<'s>(
     client: &mut Stream,
@@ -403,6 +571,7 @@ pub async fn relay<'s>(
     server_buf: BytesMut,
     max_message_size: usize,
     policy: Policy,
+    exchange: Option<Exchange<'_>>,
     stop: &'s CancellationToken,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
 ) -> RelayOutcome {
@@ -417,14 +586,22 @@ pub async fn relay<'s>(
             parameters: Vec::new(),
             unsynced: false,
             pinned: None,
+            settings_changed: false,
+            statements_dropped: false,
         },
         policy,
+        exchange,
         stop,
         stop_wait,
         stop_registered: false,
     };
     let end = (&mut relay).await;
-    let busy = relay.flight.pending != 0 || relay.upstream.torn() || relay.downstream.torn();
+    let owed = relay
+        .exchange
+        .as_ref()
+        .is_some_and(|e| !e.expected.is_empty());
+    let busy =
+        relay.flight.pending != 0 || owed || relay.upstream.torn() || relay.downstream.torn();
     let server_state = match (busy, relay.flight.status) {
         (true, _) => ServerState::Busy,
         (false, TransactionStatus::Idle) => ServerState::Idle,
@@ -438,5 +615,8 @@ pub async fn relay<'s>(
         client_buf: relay.upstream.buf,
         server_buf: relay.downstream.buf,
         pinned: relay.flight.pinned,
+        settings_changed: relay.flight.settings_changed
+            || relay.exchange.as_ref().is_some_and(|e| e.settings_changed),
+        statements_dropped: relay.flight.statements_dropped,
     }
 }
