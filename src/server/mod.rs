@@ -56,6 +56,38 @@ impl From<FrameReadError> for ServerError {
     }
 }
 
+/// The column values of a DataRow body as text (`None` for NULL); non-UTF-8 bytes are replaced.
+fn decode_text_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let malformed = |reason| ProtocolError::Malformed {
+        what: "DataRow",
+        reason,
+    };
+    let (count, mut rest) = body
+        .split_first_chunk::<2>()
+        .ok_or_else(|| malformed("missing column count"))?;
+    let count = u16::from_be_bytes(*count);
+    let mut values = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        let (len, after) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| malformed("missing column length"))?;
+        let len = i32::from_be_bytes(*len);
+        rest = after;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("bad column length"))?;
+        if rest.len() < len {
+            return Err(malformed("column longer than the message"));
+        }
+        let (value, after) = rest.split_at(len);
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = after;
+    }
+    Ok(values)
+}
+
 /// Where a server connection stands, as far as handing it to a client goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -194,7 +226,7 @@ impl ServerConnection {
     /// Runs SQL the proxy needs (reset, SET), reading to ReadyForQuery. Rows are discarded;
     /// ParameterStatus updates are recorded. Fails if the server reports an error.
     pub async fn run_query(&mut self, sql: &str, timeout: Duration) -> Result<(), ServerError> {
-        match tokio::time::timeout(timeout, self.run_query_inner(sql)).await {
+        match tokio::time::timeout(timeout, self.run_query_inner(sql, None)).await {
             Ok(result) => result,
             Err(_) => {
                 self.state = ServerState::Broken;
@@ -203,7 +235,29 @@ impl ServerConnection {
         }
     }
 
-    async fn run_query_inner(&mut self, sql: &str) -> Result<(), ServerError> {
+    /// Runs one simple query the proxy needs an answer from (health checks) and returns the text
+    /// values of its first row (`None` for SQL NULL; empty if no row). Later rows are discarded.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Option<String>>, ServerError> {
+        let mut row = None;
+        match tokio::time::timeout(timeout, self.run_query_inner(sql, Some(&mut row))).await {
+            Ok(result) => result.map(|()| row.unwrap_or_default()),
+            Err(_) => {
+                self.state = ServerState::Broken;
+                Err(ServerError::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Sends `sql` and reads to ReadyForQuery; the first DataRow goes to `row` when asked for.
+    async fn run_query_inner(
+        &mut self,
+        sql: &str,
+        mut row: Option<&mut Option<Vec<Option<String>>>>,
+    ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         frontend::encode_query(sql, &mut out);
         self.state = ServerState::Busy;
@@ -225,6 +279,17 @@ impl ServerConnection {
                     self.note_parameter(&name, &value)
                 }
                 Ok(BackendMessage::ErrorResponse(fields)) => failure = Some(fields),
+                Ok(BackendMessage::DataRow(body)) => {
+                    if let Some(slot) = row.as_deref_mut().filter(|slot| slot.is_none()) {
+                        match decode_text_row(&body) {
+                            Ok(values) => *slot = Some(values),
+                            Err(e) => {
+                                self.state = ServerState::Broken;
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                }
                 Ok(BackendMessage::ReadyForQuery { status }) => {
                     self.state = match status {
                         TransactionStatus::Idle => ServerState::Idle,
@@ -264,5 +329,26 @@ impl ServerConnection {
             let _ = self.stream.shutdown().await;
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_text_row;
+
+    #[test]
+    fn data_row_values_decode_as_text() {
+        let body = b"\0\x03\0\0\0\x01t\xff\xff\xff\xff\0\0\0\x030/1";
+        assert_eq!(
+            decode_text_row(body).unwrap(),
+            [Some("t".to_string()), None, Some("0/1".to_string())]
+        );
+        assert_eq!(
+            decode_text_row(b"\0\0").unwrap(),
+            Vec::<Option<String>>::new()
+        );
+        assert!(decode_text_row(b"\0").is_err());
+        assert!(decode_text_row(b"\0\x01\0\0\0\x05ab").is_err());
+        assert!(decode_text_row(b"\0\x02\xff\xff\xff\xff").is_err());
     }
 }
