@@ -88,8 +88,15 @@ async fn checks_discover_roles_lag_failures_and_promotion() {
     })
     .expect("setup");
     let proxy = start_proxy(&yaml(&cluster)).await;
+    let first = proxy.app.shared().generation.load().topology["sluice"].clone();
+    roles_are_discovered(&first).await;
+    // A reload restarts the checkers on the new generation's topology and stops the old ones.
+    let config = pgsluice::config::load_str(&yaml(&cluster), &|_| None).expect("config");
+    proxy.app.reload(config).expect("reload");
     let handle = proxy.app.shared().generation.load().topology["sluice"].clone();
     roles_are_discovered(&handle).await;
+    tokio::time::sleep(INTERVAL * 2).await;
+    let frozen = first.load_full();
     paused_replica_lags_then_recovers(&cluster, &handle).await;
     let replica2_pool = proxy
         .app
@@ -102,6 +109,11 @@ async fn checks_discover_roles_lag_failures_and_promotion() {
         .clone();
     stopped_replica_goes_down_and_up(&cluster, &handle, &replica2_pool).await;
     promotion_is_published(&cluster, &handle).await;
+    assert_eq!(
+        *first.load_full(),
+        *frozen,
+        "the old generation's checkers stopped"
+    );
     proxy.stop().await;
 }
 

@@ -99,3 +99,32 @@ pub fn spawn(
     tracing::info!(checkers = started, interval = ?health.interval, user = %user.name, "health checks started");
     started
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_down() -> OnDown {
+        Arc::new(|_: &str, _| {})
+    }
+
+    /// Neither case spawns anything, so no runtime is needed.
+    #[test]
+    fn nothing_starts_when_disabled_or_without_a_user() {
+        let text = "databases:\n  - name: app\n    nodes:\n      - host: db1\n";
+        let mut config = crate::config::load_str(text, &|_| None).unwrap();
+        let tls = ServerTlsConnector::new(&config.server_tls).unwrap();
+        let topology = HashMap::new();
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        assert_eq!(
+            spawn(&config, &topology, &tls, &tracker, &stop, on_down()),
+            0
+        );
+        config.health.enabled = false;
+        assert_eq!(
+            spawn(&config, &topology, &tls, &tracker, &stop, on_down()),
+            0
+        );
+        assert!(tracker.is_empty());
+    }
+}
