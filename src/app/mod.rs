@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::health;
 use crate::net;
 use crate::session::{Generation, GenerationError, Shared};
 use workers::Workers;
@@ -38,7 +39,7 @@ pub enum AppError {
 pub struct App {
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    /// Stops the housekeeping of the current generation's pools.
+    /// Stops the housekeeping of the current generation's pools and its health checkers.
     generation_stop: Mutex<CancellationToken>,
 }
 
@@ -62,11 +63,16 @@ impl App {
 
     fn start_generation_tasks(&self) {
         let stop = CancellationToken::new();
-        self.shared
-            .generation
-            .load()
-            .pools
-            .spawn_maintenance(&self.tracker, &stop);
+        let generation = self.shared.generation.load_full();
+        generation.pools.spawn_maintenance(&self.tracker, &stop);
+        health::spawn(
+            &generation.config,
+            &generation.topology,
+            &generation.server_tls,
+            &self.tracker,
+            &stop,
+            close_idle_on_down(&generation),
+        );
         let old = std::mem::replace(&mut *self.lock_stop(), stop);
         old.cancel();
     }
@@ -155,6 +161,19 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Closes the idle server connections of a node that health checks marked down, in the pools of
+/// `generation` (held weakly: checkers stop with their generation).
+fn close_idle_on_down(generation: &Arc<Generation>) -> health::OnDown {
+    let generation = Arc::downgrade(generation);
+    Arc::new(move |database: &str, node| {
+        let Some(generation) = generation.upgrade() else {
+            return;
+        };
+        let database = database.to_string();
+        tokio::spawn(async move { generation.pools.close_idle_for(&database, node).await });
+    })
 }
 
 async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: CancellationToken) {

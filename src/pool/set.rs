@@ -80,6 +80,16 @@ impl PoolSet {
         }
     }
 
+    /// Closes the idle server connections of every pool of `node` in `database` (whatever the
+    /// user), e.g. when health checks mark the node down. Checked-out connections are untouched.
+    pub async fn close_idle_for(&self, database: &str, node: NodeId) {
+        for (key, pool) in &self.pools {
+            if key.database == database && key.node == node {
+                pool.close_idle().await;
+            }
+        }
+    }
+
     /// Refuses further checkouts everywhere (shutdown).
     pub fn close_all(&self) {
         for pool in self.pools.values() {

@@ -58,6 +58,38 @@ impl From<FrameReadError> for ServerError {
     }
 }
 
+/// The column values of a DataRow body as text (`None` for NULL); non-UTF-8 bytes are replaced.
+fn decode_text_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let malformed = |reason| ProtocolError::Malformed {
+        what: "DataRow",
+        reason,
+    };
+    let (count, mut rest) = body
+        .split_first_chunk::<2>()
+        .ok_or_else(|| malformed("missing column count"))?;
+    let count = u16::from_be_bytes(*count);
+    let mut values = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        let (len, after) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| malformed("missing column length"))?;
+        let len = i32::from_be_bytes(*len);
+        rest = after;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("bad column length"))?;
+        if rest.len() < len {
+            return Err(malformed("column longer than the message"));
+        }
+        let (value, after) = rest.split_at(len);
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = after;
+    }
+    Ok(values)
+}
+
 /// Where a server connection stands, as far as handing it to a client goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerState {
@@ -217,6 +249,17 @@ impl ServerConnection {
         }
     }
 
+    /// Runs one simple query the proxy needs an answer from (health checks) and returns the text
+    /// values of its first row (`None` for SQL NULL; empty if no row).
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Option<String>>, ServerError> {
+        let rows = self.query_rows(sql, timeout).await?;
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
     /// Runs `sql` (simple protocol) and returns its rows as text (NULL as `None`), bounded by
     /// `timeout` like [`ServerConnection::run_query`].
     pub async fn query_rows(
@@ -262,14 +305,11 @@ impl ServerConnection {
                 Ok(BackendMessage::ErrorResponse(fields)) => failure = Some(fields),
                 Ok(BackendMessage::DataRow(body)) => {
                     if let Some(rows) = rows.as_deref_mut() {
-                        match data_row_text(&body) {
-                            Some(row) => rows.push(row),
-                            None => {
+                        match decode_text_row(&body) {
+                            Ok(row) => rows.push(row),
+                            Err(e) => {
                                 self.state = ServerState::Broken;
-                                return Err(ServerError::Protocol(ProtocolError::Malformed {
-                                    what: "DataRow",
-                                    reason: "column lengths do not match the message",
-                                }));
+                                return Err(e.into());
                             }
                         }
                     }
@@ -316,21 +356,23 @@ impl ServerConnection {
     }
 }
 
-/// The columns of a DataRow body as text (`None` for NULL); `None` if the body is malformed.
-fn data_row_text(body: &[u8]) -> Option<Vec<Option<String>>> {
-    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    let mut at = 2;
-    let mut row = Vec::with_capacity(usize::from(count));
-    for _ in 0..count {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            row.push(None);
-            continue;
-        }
-        let value = body.get(at..at + len as usize)?;
-        at += len as usize;
-        row.push(Some(String::from_utf8_lossy(value).into_owned()));
+#[cfg(test)]
+mod tests {
+    use super::decode_text_row;
+
+    #[test]
+    fn data_row_values_decode_as_text() {
+        let body = b"\0\x03\0\0\0\x01t\xff\xff\xff\xff\0\0\0\x030/1";
+        assert_eq!(
+            decode_text_row(body).unwrap(),
+            [Some("t".to_string()), None, Some("0/1".to_string())]
+        );
+        assert_eq!(
+            decode_text_row(b"\0\0").unwrap(),
+            Vec::<Option<String>>::new()
+        );
+        assert!(decode_text_row(b"\0").is_err());
+        assert!(decode_text_row(b"\0\x01\0\0\0\x05ab").is_err());
+        assert!(decode_text_row(b"\0\x02\xff\xff\xff\xff").is_err());
     }
-    (at == body.len()).then_some(row)
 }

@@ -1,0 +1,152 @@
+//! The I/O of health checks: a task per node that keeps one server connection (reopened when it
+//! breaks) and runs [`CHECK_SQL`] once per interval, and the per-database publisher that records
+//! each result and stores a new snapshot whenever anything changed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::database::DatabaseHealth;
+use super::tracker::{Observation, Transition, CHECK_SQL};
+use super::{HealthError, OnDown};
+use crate::net::WorkerId;
+use crate::server::{ConnectParams, ServerConnection};
+use crate::topology::{Health, NodeId, Role, TopologyHandle};
+
+/// One database's health state and the handle it publishes to, shared by its checkers.
+pub(super) struct Published {
+    database: String,
+    handle: TopologyHandle,
+    state: Mutex<DatabaseHealth>,
+    on_down: OnDown,
+}
+
+impl Published {
+    pub(super) fn new(
+        database: String,
+        handle: TopologyHandle,
+        state: DatabaseHealth,
+        on_down: OnDown,
+    ) -> Published {
+        Published {
+            database,
+            handle,
+            state: Mutex::new(state),
+            on_down,
+        }
+    }
+
+    /// Records a check result, stores the new snapshot if it differs from the published one, then
+    /// logs the changes and reports nodes that went down. The lock is held only to update.
+    fn record(&self, node: NodeId, result: &Result<Observation, HealthError>, took: Duration) {
+        let (changes, snapshot) = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = state.record(node, result.as_ref().ok().copied(), took);
+            (changes, state.snapshot())
+        };
+        if **self.handle.load() != snapshot {
+            self.handle.store(Arc::new(snapshot.clone()));
+        }
+        for (id, change) in changes {
+            let name = snapshot.node(id).map_or("?", |n| n.name.as_str());
+            self.log(name, change, result);
+            if matches!(
+                change,
+                Transition::Health {
+                    to: Health::Down,
+                    ..
+                }
+            ) {
+                (self.on_down)(&self.database, id);
+            }
+        }
+    }
+
+    fn log(&self, node: &str, change: Transition, result: &Result<Observation, HealthError>) {
+        let database = &self.database;
+        match change {
+            Transition::Role {
+                from: Role::Replica,
+                to: Role::Primary,
+            } => tracing::warn!(%database, %node, "node was promoted: now a primary"),
+            Transition::Role { from, to } if from != Role::Unknown => {
+                tracing::warn!(%database, %node, ?from, ?to, "node changed role")
+            }
+            Transition::Role { to, .. } => {
+                tracing::info!(%database, %node, role = ?to, "node role discovered")
+            }
+            Transition::Health {
+                to: Health::Down, ..
+            } => {
+                let error = result.as_ref().err().map(ToString::to_string);
+                tracing::warn!(%database, %node, error = error.as_deref().unwrap_or(""), "node is down")
+            }
+            Transition::Health { to, .. } => {
+                tracing::info!(%database, %node, health = ?to, "node health changed")
+            }
+            Transition::Freshness { to, .. } => {
+                tracing::info!(%database, %node, freshness = ?to, "replica freshness changed")
+            }
+        }
+    }
+}
+
+/// Checks one node until stopped.
+pub(super) struct Checker {
+    pub(super) node: NodeId,
+    pub(super) name: String,
+    pub(super) connect: ConnectParams,
+    pub(super) interval: Duration,
+    pub(super) timeout: Duration,
+    pub(super) published: Arc<Published>,
+}
+
+impl Checker {
+    /// Checks once per interval (the first at once) until `stop` is cancelled, then closes its
+    /// connection.
+    pub(super) async fn run(self, stop: CancellationToken) {
+        let mut conn: Option<ServerConnection> = None;
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = stop.cancelled() => break,
+                result = self.check(&mut conn) => result,
+            };
+            if let Err(e) = &result {
+                tracing::debug!(database = %self.published.database, node = %self.name, error = %e, "health check failed");
+            }
+            self.published.record(self.node, &result, started.elapsed());
+        }
+        if let Some(conn) = conn {
+            conn.close().await;
+        }
+    }
+
+    /// One check within `timeout`, connecting first if needed. On any failure the connection is
+    /// dropped, so the next check starts from a fresh one.
+    async fn check(&self, conn: &mut Option<ServerConnection>) -> Result<Observation, HealthError> {
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let open = match conn {
+                Some(open) => open,
+                None => conn.insert(self.connect.connect(WorkerId::MAIN).await?),
+            };
+            // The outer timeout bounds the whole check; this one only marks the connection broken.
+            let row = open.query_row(CHECK_SQL, self.timeout).await?;
+            Observation::parse(&row)
+        })
+        .await;
+        let result = outcome.unwrap_or(Err(HealthError::Timeout(self.timeout)));
+        if result.is_err() {
+            *conn = None;
+        }
+        result
+    }
+}
