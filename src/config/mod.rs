@@ -7,6 +7,7 @@
 
 pub mod bytesize;
 pub mod duration;
+mod http;
 mod load;
 mod secret;
 mod validate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use http::HttpConfig;
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use secret::{PasswordKind, Secret};
 pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
@@ -66,6 +68,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub databases: Vec<DatabaseConfig>,
     pub logging: LoggingConfig,
+    /// HTTP endpoints (metrics, health, status); off unless `http.listen` is set.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             users: Vec::new(),
             databases: Vec::new(),
             logging: LoggingConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -59,6 +59,7 @@ pub(super) fn collect(config: &Config) -> Vec<ValidationError> {
     if config.logging.level.trim().is_empty() {
         errors.push("logging.level", "must not be empty");
     }
+    errors.0.extend(config.http.validate());
     errors.0
 }
 
