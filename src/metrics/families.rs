@@ -353,3 +353,23 @@ pub struct GlobalMetrics {
     pub tls_handshakes: Counter,
     pub client_limit_rejections: Counter,
 }
+
+impl GlobalMetrics {
+    /// Counts an accepted client connection; the returned guard keeps it in `connected` until
+    /// dropped.
+    pub fn client_connected(&self) -> ConnectedClient<'_> {
+        self.client_connections.inc();
+        self.connected.inc();
+        ConnectedClient(&self.connected)
+    }
+}
+
+/// A client counted in `GlobalMetrics::connected`; uncounted on drop.
+#[derive(Debug)]
+pub struct ConnectedClient<'a>(&'a Gauge);
+
+impl Drop for ConnectedClient<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

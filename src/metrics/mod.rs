@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use families::{
-    DatabaseMetrics, ErrorClass, GlobalMetrics, NodeMetrics, NodeRoleLabel, PoolMetrics,
-    RouteReason, RouteTarget,
+    ConnectedClient, DatabaseMetrics, ErrorClass, GlobalMetrics, NodeMetrics, NodeRoleLabel,
+    PoolMetrics, RouteReason, RouteTarget,
 };
 
 /// A monotonically increasing count (`_total` families).
