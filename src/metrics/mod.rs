@@ -242,7 +242,7 @@ impl Metrics {
     }
 
     /// The handle for pool (database, user, node), created on first use. Call when building a pool,
-    /// not per record.
+    /// not per record. Series of a pool that a reload removed stay (frozen) until restart.
     pub fn pool(&self, database: &str, user: &str, node: &str) -> Arc<PoolMetrics> {
         let key = PoolKey {
             database: database.to_string(),

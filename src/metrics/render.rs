@@ -277,7 +277,7 @@ fn render_global(out: &mut String, metrics: &Metrics, pools: &[Arc<PoolMetrics>]
     for (name, help, value) in [
         (
             "pgsluice_client_connections_total",
-            "Client connections accepted.",
+            "Client connections accepted (cancel requests included).",
             &global.client_connections,
         ),
         (
