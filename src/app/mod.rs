@@ -1,9 +1,12 @@
 //! The application lifecycle: build a generation from config, accept clients on bound listeners and
 //! hand them to the session workers, reload, and drain on shutdown. Tests call [`App::serve`] with
-//! listeners bound to port 0.
+//! listeners bound to port 0. The HTTP endpoints (metrics, health, status) run beside it with
+//! [`App::bind_http`] and [`App::serve_http`].
 
+mod status;
 mod workers;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,8 +16,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::health;
+use crate::metrics::Metrics;
 use crate::net;
 use crate::session::{Generation, GenerationError, Shared};
+pub use status::{AppStatus, Lifecycle};
 use workers::Workers;
 
 /// How long sessions get to end after they were told to stop (after `shutdown_timeout`).
@@ -41,16 +46,26 @@ pub struct App {
     tracker: TaskTracker,
     /// Stops the housekeeping of the current generation's pools and its health checkers.
     generation_stop: Mutex<CancellationToken>,
+    /// The metrics registry, kept across reloads.
+    metrics: Arc<Metrics>,
+    /// Listening / draining, for `/ready` and `/status`.
+    lifecycle: Arc<Lifecycle>,
+    /// Fired when [`App::serve`] has finished; ends [`App::serve_http`].
+    stopped: CancellationToken,
 }
 
 impl App {
     /// Builds the first generation from `config` (TLS files, credentials, pools); opens nothing yet.
     pub fn new(config: Config) -> Result<App, AppError> {
-        let generation = Generation::build(config)?;
+        let metrics = Metrics::new();
+        let generation = Generation::build_with_metrics(config, metrics.clone())?;
         let app = App {
             shared: Arc::new(Shared::new(generation)),
             tracker: TaskTracker::new(),
             generation_stop: Mutex::new(CancellationToken::new()),
+            metrics,
+            lifecycle: Arc::default(),
+            stopped: CancellationToken::new(),
         };
         app.start_generation_tasks();
         Ok(app)
@@ -59,6 +74,11 @@ impl App {
     /// Handles shared with sessions (for tests and admin views).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The metrics registry every generation records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn start_generation_tasks(&self) {
@@ -86,7 +106,7 @@ impl App {
     /// Replaces the configuration: new sessions use the new one; sessions already running keep the
     /// generation they started with until they end. A config that cannot be built changes nothing.
     pub fn reload(&self, config: Config) -> Result<(), AppError> {
-        let generation = Generation::build(config)?;
+        let generation = Generation::build_with_metrics(config, self.metrics.clone())?;
         self.shared.generation.store(Arc::new(generation));
         self.start_generation_tasks();
         tracing::info!("configuration reloaded");
@@ -106,6 +126,32 @@ impl App {
             listeners.push(bound);
         }
         Ok(listeners)
+    }
+
+    /// Binds the HTTP endpoints' listener if `http.listen` is configured.
+    pub async fn bind_http(config: &Config) -> Result<Option<TcpListener>, AppError> {
+        let Some(address) = &config.http.listen else {
+            return Ok(None);
+        };
+        let bound = TcpListener::bind(address)
+            .await
+            .map_err(|source| AppError::Bind {
+                address: address.clone(),
+                source,
+            })?;
+        Ok(Some(bound))
+    }
+
+    /// Serves `/metrics`, `/live`, `/ready` and `/status` on `listener` (nothing when `None`) until
+    /// [`App::serve`] has finished, so `/ready` reports 503 while draining. Run it beside `serve`.
+    pub async fn serve_http(&self, listener: Option<TcpListener>) {
+        let Some(listener) = listener else { return };
+        let source = Arc::new(AppStatus {
+            shared: self.shared.clone(),
+            lifecycle: self.lifecycle.clone(),
+        });
+        crate::metrics::http::serve(listener, self.metrics.clone(), source, self.stopped.clone())
+            .await;
     }
 
     /// Accepts clients on `listeners` until `shutdown` fires, then drains: stops accepting, lets
@@ -131,8 +177,11 @@ impl App {
             accepting.spawn(accept_loop(listener, workers.clone(), shutdown.clone()));
         }
         accepting.close();
+        self.lifecycle.listening.store(true, Ordering::Relaxed);
         shutdown.cancelled().await;
+        self.lifecycle.draining.store(true, Ordering::Relaxed);
         accepting.wait().await;
+        self.lifecycle.listening.store(false, Ordering::Relaxed);
         sessions.close();
         let timeout = self.shared.generation.load().config.limits.shutdown_timeout;
         tracing::info!(
@@ -158,6 +207,7 @@ impl App {
         self.lock_stop().cancel();
         self.tracker.close();
         let _ = tokio::time::timeout(HARD_STOP_GRACE, self.tracker.wait()).await;
+        self.stopped.cancel();
         tracing::info!("stopped");
         Ok(())
     }

@@ -128,8 +128,15 @@ fn run(path: &Path) -> anyhow::Result<()> {
     let runtime = runtime(&config)?;
     runtime.block_on(async move {
         let listeners = App::bind(&config).await?;
+        let http = App::bind_http(&config).await?;
         let app = App::new(config)?;
-        serve_with_signals(&app, listeners, Some(path)).await
+        // The HTTP endpoints run until serving (drain included) ends.
+        let serving = serve_with_signals(&app, listeners, Some(path));
+        tokio::pin!(serving);
+        tokio::select! {
+            served = &mut serving => served,
+            () = app.serve_http(http) => serving.await,
+        }
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod bytesize;
 pub mod duration;
 mod health;
+mod http;
 mod load;
 mod secret;
 mod validate;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use health::HealthConfig;
+pub use http::HttpConfig;
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use secret::{PasswordKind, Secret};
 pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
@@ -70,6 +72,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Health checks of the nodes and replication lag limits.
     pub health: HealthConfig,
+    /// HTTP endpoints (metrics, health, status); off unless `http.listen` is set.
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -85,6 +89,7 @@ impl Default for Config {
             databases: Vec::new(),
             logging: LoggingConfig::default(),
             health: HealthConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -60,6 +60,7 @@ pub(super) fn collect(config: &Config) -> Vec<ValidationError> {
         errors.push("logging.level", "must not be empty");
     }
     errors.0.extend(config.health.validate(config));
+    errors.0.extend(config.http.validate());
     errors.0
 }
 

@@ -50,6 +50,9 @@ impl Pool {
                     i += 1;
                 }
             }
+            self.metrics
+                .server_idle
+                .add(-i64::try_from(doomed.len()).unwrap_or(0));
             doomed
         };
         for member in doomed {
@@ -65,7 +68,7 @@ impl Pool {
             let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
                 return;
             };
-            match self.connect.connect(WorkerId::MAIN).await {
+            match self.connect_counted(WorkerId::MAIN).await {
                 Ok(conn) => self.put_idle(Member {
                     conn,
                     _slot: OpenSlot::new(&self.open),

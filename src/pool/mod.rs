@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 pub use set::{PoolKey, PoolSet};
 
 use crate::config::PoolSettings;
+use crate::metrics::PoolMetrics;
 use crate::net::WorkerId;
 use crate::server::{ConnectParams, ServerConnection, ServerError, ServerState};
 
@@ -89,12 +90,27 @@ pub struct Pool {
     idle: Mutex<Vec<Member>>,
     open: Arc<AtomicUsize>,
     waiting: AtomicUsize,
+    metrics: Arc<PoolMetrics>,
 }
 
 impl Pool {
     /// A pool that opens connections with `connect`; none are opened until needed (or by maintenance
     /// for `min_size`).
     pub fn new(name: String, settings: PoolSettings, connect: ConnectParams) -> Arc<Pool> {
+        Pool::with_metrics(name, settings, connect, Arc::new(PoolMetrics::detached()))
+    }
+
+    /// Like [`Pool::new`], recording into `metrics` (checkout wait and timeouts, connects, server
+    /// connections idle/active, waiting clients, size).
+    pub fn with_metrics(
+        name: String,
+        settings: PoolSettings,
+        connect: ConnectParams,
+        metrics: Arc<PoolMetrics>,
+    ) -> Arc<Pool> {
+        metrics
+            .pool_size
+            .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
         Arc::new(Pool {
             name,
             permits: Arc::new(Semaphore::new(settings.size)),
@@ -103,7 +119,13 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             open: Arc::new(AtomicUsize::new(0)),
             waiting: AtomicUsize::new(0),
+            metrics,
         })
+    }
+
+    /// Where this pool's metrics go; the relay records queries, transactions and bytes here.
+    pub fn metrics(&self) -> &Arc<PoolMetrics> {
+        &self.metrics
     }
 
     /// `database/user@node`, for errors and logs.
@@ -150,7 +172,10 @@ impl Pool {
         // Free slot: no timer, no clock read. The semaphore hands released slots to queued waiters
         // first, so this never jumps the FIFO queue.
         let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                self.metrics.checkout_wait.observe_zero();
+                permit
+            }
             Err(TryAcquireError::Closed) => {
                 return Err(PoolError::Closed {
                     pool: self.name.clone(),
@@ -171,8 +196,7 @@ impl Pool {
             return Ok(PooledServer::new(member, permit, self.clone()));
         }
         let conn = self
-            .connect
-            .connect(worker)
+            .connect_counted(worker)
             .await
             .map_err(|source| PoolError::Connect {
                 pool: self.name.clone(),
@@ -186,22 +210,38 @@ impl Pool {
         Ok(PooledServer::new(member, permit, self.clone()))
     }
 
+    /// Opens a server connection, counting the attempt in the metrics.
+    async fn connect_counted(&self, worker: WorkerId) -> Result<ServerConnection, ServerError> {
+        let connected = self.connect.connect(worker).await;
+        match &connected {
+            Ok(_) => self.metrics.server_connects.inc(),
+            Err(_) => self.metrics.server_connect_errors.inc(),
+        }
+        connected
+    }
+
     /// Waits in the FIFO queue for a slot, up to `checkout_timeout`.
     async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
         let started = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.metrics.clients_waiting.inc();
         let acquired = tokio::time::timeout(
             self.settings.checkout_timeout,
             self.permits.clone().acquire_owned(),
         )
         .await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.clients_waiting.dec();
+        self.metrics.checkout_wait.observe_since(started);
         match acquired {
-            Err(_) => Err(PoolError::CheckoutTimeout {
-                pool: self.name.clone(),
-                waited: started.elapsed(),
-                size: self.settings.size,
-            }),
+            Err(_) => {
+                self.metrics.checkout_timeouts.inc();
+                Err(PoolError::CheckoutTimeout {
+                    pool: self.name.clone(),
+                    waited: started.elapsed(),
+                    size: self.settings.size,
+                })
+            }
             Ok(Err(_)) => Err(PoolError::Closed {
                 pool: self.name.clone(),
             }),
@@ -217,6 +257,9 @@ impl Pool {
     /// Closes every idle connection (shutdown, node down).
     pub async fn close_idle(&self) {
         let idle: Vec<Member> = std::mem::take(&mut *self.lock_idle());
+        self.metrics
+            .server_idle
+            .add(-i64::try_from(idle.len()).unwrap_or(0));
         for member in idle {
             member.conn.close().await;
         }
@@ -226,14 +269,19 @@ impl Pool {
     /// not move between reactors.
     fn pop_idle(&self, worker: WorkerId) -> Option<Member> {
         let mut idle = self.lock_idle();
-        match idle.iter().rposition(|m| m.conn.home() == worker) {
+        let member = match idle.iter().rposition(|m| m.conn.home() == worker) {
             Some(index) => Some(idle.remove(index)),
             None => idle.pop(),
+        };
+        if member.is_some() {
+            self.metrics.server_idle.dec();
         }
+        member
     }
 
     fn put_idle(&self, member: Member) {
         self.lock_idle().push(member);
+        self.metrics.server_idle.inc();
     }
 }
 
@@ -249,6 +297,7 @@ pub struct PooledServer {
 
 impl PooledServer {
     fn new(member: Member, permit: OwnedSemaphorePermit, pool: Arc<Pool>) -> Self {
+        pool.metrics.server_active.inc();
         PooledServer {
             member: Some(member),
             pool,
@@ -316,5 +365,12 @@ impl PooledServer {
         }
         conn.set_state(ServerState::Idle);
         self.pool.put_idle(Member { conn, _slot });
+    }
+}
+
+impl Drop for PooledServer {
+    /// Released or not, the connection is no longer checked out.
+    fn drop(&mut self) {
+        self.pool.metrics.server_active.dec();
     }
 }

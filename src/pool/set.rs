@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use super::Pool;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::net::ServerTlsConnector;
 use crate::server::ConnectParams;
 use crate::topology::NodeId;
@@ -28,8 +29,9 @@ pub struct PoolSet {
 }
 
 impl PoolSet {
-    /// Builds a pool for each (database, user, node) of `config`.
-    pub fn build(config: &Config, tls: &ServerTlsConnector) -> PoolSet {
+    /// Builds a pool for each (database, user, node) of `config`, each recording into its handle
+    /// from `metrics` (shared with earlier generations' pools of the same labels).
+    pub fn build(config: &Config, tls: &ServerTlsConnector, metrics: &Metrics) -> PoolSet {
         let mut pools = HashMap::new();
         for database in &config.databases {
             for user in &config.users {
@@ -51,7 +53,9 @@ impl PoolSet {
                         user: user.name.clone(),
                         node: NodeId(index),
                     };
-                    pools.insert(key, Pool::new(name, settings.clone(), connect));
+                    let handle = metrics.pool(&database.name, &user.name, &node.display_name());
+                    let pool = Pool::with_metrics(name, settings.clone(), connect, handle);
+                    pools.insert(key, pool);
                 }
             }
         }

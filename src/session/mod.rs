@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ClientError;
 
 use crate::config::{Config, NodeRole};
+use crate::metrics::{DatabaseMetrics, GlobalMetrics, Metrics};
 use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
 use crate::pool::PoolSet;
 use crate::protocol::backend;
@@ -48,6 +49,11 @@ pub struct Generation {
     pub topology: HashMap<String, TopologyHandle>,
     pub client_tls: Option<ClientTlsAcceptor>,
     pub server_tls: ServerTlsConnector,
+    /// The process's metrics registry (the same one across reloads).
+    pub metrics: Arc<Metrics>,
+    /// Routing and error metrics per configured database, resolved once (record with
+    /// `database_metrics[name].route(..)`).
+    pub database_metrics: HashMap<String, Arc<DatabaseMetrics>>,
 }
 
 /// Why a configuration could not be turned into a running generation.
@@ -62,8 +68,17 @@ pub enum GenerationError {
 }
 
 impl Generation {
-    /// Loads TLS material, prepares credentials and builds the pools (opening no connection yet).
+    /// Loads TLS material, prepares credentials and builds the pools (opening no connection yet),
+    /// recording into a registry of its own (tests; the app uses [`Generation::build_with_metrics`]).
     pub fn build(config: Config) -> Result<Generation, GenerationError> {
+        Generation::build_with_metrics(config, Metrics::new())
+    }
+
+    /// Like [`Generation::build`], recording into `metrics`, which outlives the generation.
+    pub fn build_with_metrics(
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Generation, GenerationError> {
         let client_tls = match (&config.client_tls.cert_file, &config.client_tls.key_file) {
             (Some(cert), Some(key)) => {
                 Some(ClientTlsAcceptor::from_files(cert, key).map_err(GenerationError::ClientTls)?)
@@ -73,7 +88,12 @@ impl Generation {
         let server_tls =
             ServerTlsConnector::new(&config.server_tls).map_err(GenerationError::ServerTls)?;
         let auth = AuthTable::build(&config).map_err(GenerationError::Credentials)?;
-        let pools = PoolSet::build(&config, &server_tls);
+        let pools = PoolSet::build(&config, &server_tls, &metrics);
+        let database_metrics = config
+            .databases
+            .iter()
+            .map(|db| (db.name.clone(), metrics.database(&db.name)))
+            .collect();
         let topology = config
             .databases
             .iter()
@@ -91,6 +111,8 @@ impl Generation {
             topology,
             client_tls,
             server_tls,
+            metrics,
+            database_metrics,
         })
     }
 }
@@ -170,6 +192,8 @@ impl Drop for ClientSlot<'_> {
 pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, worker: WorkerId) {
     let (_slot, connected) = ClientSlot::take(&shared.clients);
     let generation = shared.generation.load_full();
+    let global = generation.metrics.global();
+    let _counted = global.client_connected();
     let limits = &generation.config.limits;
     let started = Instant::now();
     let opening = tokio::time::timeout(
@@ -200,6 +224,9 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             buf,
         })) => (stream, startup, buf),
     };
+    if stream.is_tls() {
+        global.tls_handshakes.inc();
+    }
     let user = startup.user().unwrap_or_default().to_string();
     let database = startup.database().unwrap_or_default().to_string();
     let result = if connected > limits.max_client_conn {
@@ -223,8 +250,26 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
         }
         Err(e) => {
             tracing::info!(%peer, %user, %database, error = %e, "client session ended with error");
+            let db_metrics = generation
+                .database_metrics
+                .get(&database)
+                .unwrap_or(generation.metrics.unknown_database());
+            record_error(global, db_metrics, &e);
             report(&mut stream, &e).await;
         }
+    }
+}
+
+/// Counts a session-ending error: auth failures, limit rejections, and its SQLSTATE class.
+fn record_error(global: &GlobalMetrics, database: &DatabaseMetrics, error: &ClientError) {
+    match error {
+        ClientError::AuthFailed { .. }
+        | ClientError::Auth(crate::auth::AuthError::WrongPassword) => global.auth_failures.inc(),
+        ClientError::TooManyClients { .. } => global.client_limit_rejections.inc(),
+        _ => {}
+    }
+    if let Some(code) = error.fields().as_ref().and_then(|f| f.code()) {
+        database.error(code);
     }
 }
 
