@@ -5,6 +5,7 @@
 //! Every struct rejects unknown keys and every field has a default (the `Default` impls below
 //! are the single source of defaults), so only what `validate()` demands must be written.
 
+pub mod admin;
 pub mod bytesize;
 pub mod duration;
 mod load;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admin::AdminConfig;
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use secret::{PasswordKind, Secret};
 pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
@@ -66,6 +68,8 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     pub databases: Vec<DatabaseConfig>,
     pub logging: LoggingConfig,
+    /// The admin console (virtual database, allowed users).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             users: Vec::new(),
             databases: Vec::new(),
             logging: LoggingConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
