@@ -147,7 +147,9 @@ async fn show_views_list_clients_pools_servers_and_nodes() {
 async fn errors_keep_the_console_usable_and_non_admins_are_refused() {
     let proxy = start_proxy(&proxy_yaml("size: 2", ADMIN_USERS)).await;
     let refused = proxy.connect("app", "app-pass", "pgsluice").await;
-    let e = refused.err().expect("non-admin refused");
+    let Err(e) = refused else {
+        panic!("non-admin refused")
+    };
     assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
     assert_eq!(
         message(&e),
