@@ -377,3 +377,58 @@ impl PooledServer {
         self.pool.put_idle(Member { conn, _slot });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerTls;
+    use crate::net::ServerTlsConnector;
+
+    /// A pool whose connections go nowhere (port 1 refuses), so a checkout past the pause gate
+    /// fails fast with `Connect`.
+    fn unreachable_pool(checkout_timeout: Duration) -> Arc<Pool> {
+        let settings = PoolSettings {
+            checkout_timeout,
+            ..PoolSettings::default()
+        };
+        let connect = ConnectParams {
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "u".into(),
+            password: None,
+            database: "d".into(),
+            tls: ServerTlsConnector::new(&ServerTls {
+                mode: crate::config::ServerTlsMode::Disable,
+                ..ServerTls::default()
+            })
+            .unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            max_message_size: 1 << 20,
+        };
+        Pool::new("d/u@n".into(), settings, connect)
+    }
+
+    #[tokio::test]
+    async fn paused_checkout_times_out_then_resume_lets_it_through() {
+        let pool = unreachable_pool(Duration::from_millis(100));
+        pool.pause();
+        assert!(pool.is_paused());
+        let err = pool.checkout(WorkerId::MAIN).await.unwrap_err();
+        assert!(matches!(err, PoolError::Paused { .. }), "{err}");
+        assert_eq!(pool.stats().waiting, 0);
+
+        let pool = unreachable_pool(Duration::from_secs(10));
+        pool.pause();
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(WorkerId::MAIN).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.stats().waiting, 1);
+        pool.resume();
+        let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        let err = result.unwrap().unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::Connect { .. }), "{err}");
+        assert!(pool.idle_servers().is_empty());
+    }
+}
