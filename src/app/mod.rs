@@ -7,6 +7,7 @@ mod status;
 mod workers;
 
 use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::health;
 use crate::metrics::Metrics;
+use crate::admin::ControlRequest;
+use crate::config;
 use crate::net;
 use crate::session::{Generation, GenerationError, Shared};
 pub use status::{AppStatus, Lifecycle};
@@ -52,6 +55,8 @@ pub struct App {
     lifecycle: Arc<Lifecycle>,
     /// Fired when [`App::serve`] has finished; ends [`App::serve_http`].
     stopped: CancellationToken,
+    /// The file RELOAD (admin console) re-reads, if the config came from one.
+    config_path: Mutex<Option<PathBuf>>,
 }
 
 impl App {
@@ -66,6 +71,7 @@ impl App {
             metrics,
             lifecycle: Arc::default(),
             stopped: CancellationToken::new(),
+            config_path: Mutex::new(None),
         };
         app.start_generation_tasks();
         Ok(app)
@@ -111,6 +117,54 @@ impl App {
         self.start_generation_tasks();
         tracing::info!("configuration reloaded");
         Ok(())
+    }
+
+    /// Remembers the file the config came from, for the admin console's RELOAD.
+    pub fn set_config_path(&self, path: &Path) {
+        *self
+            .config_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(path.to_path_buf());
+    }
+
+    /// Re-reads the config file (see [`App::set_config_path`]) and applies it; the error as text.
+    pub fn reload_file(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| "no config file to reload".to_string())?;
+        let config = config::load_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.reload(config).map_err(|e| e.to_string())
+    }
+
+    /// Answers admin console requests until `shutdown` fires (or the console asks for it).
+    async fn control_until_shutdown(&self, shutdown: &CancellationToken) {
+        let Some(mut requests) = self.shared.control.take_receiver() else {
+            return shutdown.cancelled().await;
+        };
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                request = requests.recv() => request,
+            };
+            match request {
+                Some(ControlRequest::Reload(answer)) => {
+                    let result = self.reload_file();
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "admin RELOAD failed; keeping the running configuration");
+                    }
+                    let _ = answer.send(result);
+                }
+                Some(ControlRequest::Shutdown) => {
+                    tracing::info!("shutdown requested from the admin console");
+                    shutdown.cancel();
+                    return;
+                }
+                None => return shutdown.cancelled().await,
+            }
+        }
     }
 
     /// Binds every configured listener.
@@ -178,7 +232,7 @@ impl App {
         }
         accepting.close();
         self.lifecycle.listening.store(true, Ordering::Relaxed);
-        shutdown.cancelled().await;
+        self.control_until_shutdown(&shutdown).await;
         self.lifecycle.draining.store(true, Ordering::Relaxed);
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);

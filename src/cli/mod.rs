@@ -151,6 +151,9 @@ pub async fn serve_with_signals(
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    if let Some(path) = config_path {
+        app.set_config_path(path);
+    }
     let serving = app.serve(listeners, shutdown.clone());
     tokio::pin!(serving);
     notify(&[sd_notify::NotifyState::Ready]);

@@ -5,6 +5,7 @@
 //! Every struct rejects unknown keys and every field has a default (the `Default` impls below
 //! are the single source of defaults), so only what `validate()` demands must be written.
 
+pub mod admin;
 pub mod bytesize;
 pub mod duration;
 mod health;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 pub use health::HealthConfig;
 pub use http::HttpConfig;
+pub use admin::AdminConfig;
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use secret::{PasswordKind, Secret};
 pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
@@ -74,6 +76,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// HTTP endpoints (metrics, health, status); off unless `http.listen` is set.
     pub http: HttpConfig,
+    /// The admin console (virtual database, allowed users).
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -90,6 +94,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             health: HealthConfig::default(),
             http: HttpConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

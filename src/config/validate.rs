@@ -56,6 +56,7 @@ pub(super) fn collect(config: &Config) -> Vec<ValidationError> {
     check_users(config, &mut errors);
     check_databases(config, &mut errors);
     check_pool_pairs(config, &mut errors);
+    errors.0.extend(super::admin::check(config));
     if config.logging.level.trim().is_empty() {
         errors.push("logging.level", "must not be empty");
     }

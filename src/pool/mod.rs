@@ -5,11 +5,11 @@
 mod maintain;
 mod set;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 pub use set::{PoolKey, PoolSet};
 
@@ -41,6 +41,8 @@ pub enum PoolError {
     Connect { pool: String, source: ServerError },
     #[error("pool {pool} is closed")]
     Closed { pool: String },
+    #[error("pool {pool} is paused (admin PAUSE) and was not resumed within {waited:?}")]
+    Paused { pool: String, waited: Duration },
 }
 
 /// Counts open connections; the count goes down when the slot is dropped with its connection.
@@ -91,6 +93,20 @@ pub struct Pool {
     open: Arc<AtomicUsize>,
     waiting: AtomicUsize,
     metrics: Arc<PoolMetrics>,
+    /// Admin PAUSE: new checkouts wait until [`Pool::resume`].
+    paused: AtomicBool,
+    resumed: Notify,
+}
+
+/// One idle server connection as admin views show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleServer {
+    /// Time since the connection was opened.
+    pub age: Duration,
+    /// Time since it was last handed back.
+    pub idle_for: Duration,
+    /// The server's backend process id.
+    pub remote_pid: i32,
 }
 
 impl Pool {
@@ -120,6 +136,8 @@ impl Pool {
             open: Arc::new(AtomicUsize::new(0)),
             waiting: AtomicUsize::new(0),
             metrics,
+            paused: AtomicBool::new(false),
+            resumed: Notify::new(),
         })
     }
 
@@ -152,6 +170,58 @@ impl Pool {
         }
     }
 
+    /// The idle connections, most recently used last.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        self.lock_idle()
+            .iter()
+            .map(|m| IdleServer {
+                age: m.conn.age(),
+                idle_for: m.conn.idle_for(),
+                remote_pid: m.conn.backend_key().process_id,
+            })
+            .collect()
+    }
+
+    /// Makes new checkouts wait until [`Pool::resume`] (still bounded by `checkout_timeout`).
+    /// Connections already checked out are not affected.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// Lets checkouts waiting on [`Pool::pause`] go on.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Waits while the pool is paused, up to `checkout_timeout`.
+    async fn wait_resumed(&self) -> Result<(), PoolError> {
+        let started = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let resumed = tokio::time::timeout(self.settings.checkout_timeout, async {
+            loop {
+                let notified = self.resumed.notified();
+                let mut notified = std::pin::pin!(notified);
+                // Registered before the check, so a resume in between is not missed.
+                notified.as_mut().enable();
+                if !self.is_paused() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        resumed.map_err(|_| PoolError::Paused {
+            pool: self.name.clone(),
+            waited: started.elapsed(),
+        })
+    }
+
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
         // A panic while holding this lock cannot leave the Vec inconsistent; keep going.
         self.idle
@@ -167,8 +237,12 @@ impl Pool {
 
     /// Waits (FIFO) for a free slot up to `checkout_timeout`, then hands out an idle connection that is
     /// still alive, or opens a new one. A broken or expired idle connection is closed, never handed out.
-    /// The connection is driven by `worker`, the caller's runtime.
+    /// The connection is driven by `worker`, the caller's runtime. While the pool is paused (admin
+    /// PAUSE) it first waits for RESUME, also bounded by `checkout_timeout`.
     pub async fn checkout(self: &Arc<Self>, worker: WorkerId) -> Result<PooledServer, PoolError> {
+        if self.paused.load(Ordering::Relaxed) {
+            self.wait_resumed().await?;
+        }
         // Free slot: no timer, no clock read. The semaphore hands released slots to queued waiters
         // first, so this never jumps the FIFO queue.
         let permit = match self.permits.clone().try_acquire_owned() {
@@ -372,5 +446,60 @@ impl Drop for PooledServer {
     /// Released or not, the connection is no longer checked out.
     fn drop(&mut self) {
         self.pool.metrics.server_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerTls;
+    use crate::net::ServerTlsConnector;
+
+    /// A pool whose connections go nowhere (port 1 refuses), so a checkout past the pause gate
+    /// fails fast with `Connect`.
+    fn unreachable_pool(checkout_timeout: Duration) -> Arc<Pool> {
+        let settings = PoolSettings {
+            checkout_timeout,
+            ..PoolSettings::default()
+        };
+        let connect = ConnectParams {
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "u".into(),
+            password: None,
+            database: "d".into(),
+            tls: ServerTlsConnector::new(&ServerTls {
+                mode: crate::config::ServerTlsMode::Disable,
+                ..ServerTls::default()
+            })
+            .unwrap(),
+            connect_timeout: Duration::from_secs(1),
+            max_message_size: 1 << 20,
+        };
+        Pool::new("d/u@n".into(), settings, connect)
+    }
+
+    #[tokio::test]
+    async fn paused_checkout_times_out_then_resume_lets_it_through() {
+        let pool = unreachable_pool(Duration::from_millis(100));
+        pool.pause();
+        assert!(pool.is_paused());
+        let err = pool.checkout(WorkerId::MAIN).await.unwrap_err();
+        assert!(matches!(err, PoolError::Paused { .. }), "{err}");
+        assert_eq!(pool.stats().waiting, 0);
+
+        let pool = unreachable_pool(Duration::from_secs(10));
+        pool.pause();
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.checkout(WorkerId::MAIN).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.stats().waiting, 1);
+        pool.resume();
+        let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        let err = result.unwrap().unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::Connect { .. }), "{err}");
+        assert!(pool.idle_servers().is_empty());
     }
 }

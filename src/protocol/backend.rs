@@ -487,3 +487,53 @@ pub fn ready_for_query_status(body: &[u8]) -> Result<TransactionStatus, Protocol
         }),
     }
 }
+
+/// Type OIDs the proxy uses when it answers queries itself (admin console).
+pub mod oid {
+    pub const INT8: u32 = 20;
+    pub const TEXT: u32 = 25;
+    pub const FLOAT8: u32 = 701;
+}
+
+/// Writes a RowDescription ('T') of text-format columns given as (name, type OID), with no table
+/// and the type's default size and modifier.
+pub fn encode_row_description(columns: &[(&str, u32)], out: &mut BytesMut) {
+    let at = begin(out, tag::ROW_DESCRIPTION);
+    out.put_i16(i16::try_from(columns.len()).unwrap_or(i16::MAX));
+    for (name, type_oid) in columns {
+        put_cstr(out, name.as_bytes());
+        out.put_u32(0); // table OID
+        out.put_i16(0); // column attribute number
+        out.put_u32(*type_oid);
+        let size: i16 = match *type_oid {
+            oid::INT8 | oid::FLOAT8 => 8,
+            _ => -1,
+        };
+        out.put_i16(size);
+        out.put_i32(-1); // type modifier
+        out.put_i16(0); // text format
+    }
+    finish(out, at);
+}
+
+/// Writes a DataRow ('D') of text values; `None` is SQL NULL.
+pub fn encode_data_row<S: AsRef<str>>(values: &[Option<S>], out: &mut BytesMut) {
+    let at = begin(out, tag::DATA_ROW);
+    out.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+    for value in values {
+        match value {
+            None => out.put_i32(-1),
+            Some(v) => {
+                let v = v.as_ref().as_bytes();
+                out.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                out.put_slice(v);
+            }
+        }
+    }
+    finish(out, at);
+}
+
+/// Writes an EmptyQueryResponse ('I'): the answer to a query string with no statement.
+pub fn encode_empty_query_response(out: &mut BytesMut) {
+    put_message(out, tag::EMPTY_QUERY_RESPONSE, &[]);
+}

@@ -12,6 +12,12 @@ pub const CONNECTION_EXCEPTION: &str = "08000";
 pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: &str = "08001";
 /// 28000: the user or database is not allowed.
 pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+/// 42501: the user lacks a privilege (e.g. may not use the admin console).
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// 42601: syntax error (e.g. unknown admin console command).
+pub const SYNTAX_ERROR: &str = "42601";
+/// F0000: the configuration file could not be (re)loaded.
+pub const CONFIG_FILE_ERROR: &str = "F0000";
 /// 28P01: authentication failed.
 pub const INVALID_PASSWORD: &str = "28P01";
 /// 3D000: unknown database.

@@ -274,3 +274,36 @@ fn truncations_never_panic() {
         }
     }
 }
+
+#[test]
+fn row_description_lists_columns_in_text_format() {
+    let mut out = BytesMut::new();
+    encode_row_description(
+        &[("database", oid::TEXT), ("sv_active", oid::INT8)],
+        &mut out,
+    );
+    let frame = one_frame(&mut out);
+    assert_eq!(frame.tag(), tag::ROW_DESCRIPTION);
+    let mut expected = vec![0u8, 2];
+    expected.extend_from_slice(b"database\0");
+    expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 0xff, 0xff]);
+    expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+    expected.extend_from_slice(b"sv_active\0");
+    expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 20, 0, 8]);
+    expected.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+    assert_eq!(frame.body(), &expected[..]);
+}
+
+#[test]
+fn data_row_encodes_values_and_nulls() {
+    let mut out = BytesMut::new();
+    encode_data_row(&[Some("ab"), None, Some("")], &mut out);
+    let frame = one_frame(&mut out);
+    assert_eq!(frame.tag(), tag::DATA_ROW);
+    let expected = [
+        0u8, 3, 0, 0, 0, 2, b'a', b'b', 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    assert_eq!(frame.body(), &expected[..]);
+    encode_empty_query_response(&mut out);
+    assert_eq!(decode_one(&mut out), BackendMessage::EmptyQueryResponse);
+}

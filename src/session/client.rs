@@ -16,6 +16,7 @@ use super::exchange::{Exchange, Expect};
 use super::relay::{self, Policy, RelayEnd, RelayOutcome};
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
+use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
 use crate::net::{Stream, WorkerId};
 use crate::pool::{Pool, PooledServer};
@@ -54,6 +55,8 @@ pub(super) struct Session<'a> {
     pub database: &'a str,
     pub peer: SocketAddr,
     pub worker: WorkerId,
+    /// This client in the admin registry: its state, and its stop token (KILL or shutdown).
+    pub client: &'a ClientEntry,
 }
 
 impl<'a> Session<'a> {
@@ -67,6 +70,9 @@ impl<'a> Session<'a> {
     ) -> Result<RelayEnd, ClientError> {
         let config = &self.generation.config;
         let framer = Framer::new(config.limits.max_message_size);
+        if config.admin.is_console(self.database) {
+            return super::console::serve(self, stream, buf, &framer, started).await;
+        }
         let login = self.login(stream, startup, &mut buf, &framer);
         let remaining = config
             .limits
@@ -94,7 +100,7 @@ impl<'a> Session<'a> {
 
         match pool.settings().mode {
             PoolMode::Session => {
-                let stop_wait = std::pin::pin!(self.shared.stop.cancelled());
+                let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
                 let (end, _) = self
                     .relay(stream, buf, &mut server, &cancel, None, stop_wait)
                     .await;
@@ -125,7 +131,7 @@ impl<'a> Session<'a> {
         cancel: &CancelGuard<'_>,
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
-        let mut stop_wait = std::pin::pin!(self.shared.stop.cancelled());
+        let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
         loop {
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
@@ -178,6 +184,7 @@ impl<'a> Session<'a> {
             }
             // A session that ends releases with the session-mode reset, so state never leaks.
             server.release(reset).await;
+            self.client.set_state(Activity::Idle);
             match end {
                 Ok(RelayEnd::TransactionDone) => {}
                 other => return other,
@@ -244,7 +251,9 @@ impl<'a> Session<'a> {
         pool: &Arc<Pool>,
         settings: &[(String, String)],
     ) -> Result<PooledServer, ClientError> {
+        self.client.request();
         let mut server = pool.checkout(self.worker).await?;
+        self.client.set_state(Activity::Active);
         let conn = server.conn();
         if let Some(sql) = params::sync_statements(settings, conn.applied_settings(), conn.params())
         {
@@ -354,7 +363,7 @@ impl<'a> Session<'a> {
             self.generation.config.limits.max_message_size,
             policy,
             exchange,
-            &self.shared.stop,
+            self.client.stop_token(),
             stop_wait,
         )
         .await;
@@ -367,6 +376,7 @@ impl<'a> Session<'a> {
             conn.note_parameter(name, value);
         }
         if let Some(reason) = outcome.pinned {
+            self.client.pin(reason);
             tracing::info!(peer = %self.peer, user = %self.user, reason, "client pinned to its server connection until it disconnects");
         }
         let state = match outcome.end {

@@ -53,6 +53,10 @@ pub enum ClientError {
     ServerProtocol(ProtocolError),
     #[error("pgsluice is shutting down")]
     ShuttingDown,
+    #[error("terminated by an admin KILL command")]
+    Killed,
+    #[error("user \"{user}\" is not allowed to use the admin console")]
+    NotAdmin { user: String },
 }
 
 impl From<FrameReadError> for ClientError {
@@ -98,11 +102,13 @@ impl ClientError {
             ClientError::Route(_) => sqlstate::CONNECTION_FAILURE,
             ClientError::Pool(PoolError::CheckoutTimeout { .. }) => sqlstate::TOO_MANY_CONNECTIONS,
             ClientError::Pool(PoolError::Closed { .. }) => sqlstate::ADMIN_SHUTDOWN,
+            ClientError::Pool(PoolError::Paused { .. }) => sqlstate::CANNOT_CONNECT_NOW,
             ClientError::Pool(PoolError::Connect { .. }) => sqlstate::CONNECTION_FAILURE,
             ClientError::Server(_) | ClientError::ServerLost | ClientError::ServerProtocol(_) => {
                 sqlstate::CONNECTION_FAILURE
             }
-            ClientError::ShuttingDown => sqlstate::ADMIN_SHUTDOWN,
+            ClientError::ShuttingDown | ClientError::Killed => sqlstate::ADMIN_SHUTDOWN,
+            ClientError::NotAdmin { .. } => sqlstate::INSUFFICIENT_PRIVILEGE,
         };
         let fields = ErrorFields::new("FATAL", code, &self.to_string());
         Some(match self {

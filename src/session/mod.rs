@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cancel;
 mod client;
+mod console;
 mod error;
 pub mod exchange;
 pub mod params;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ClientError;
 
+use crate::admin::{ClientRegistry, Control};
 use crate::config::{Config, NodeRole};
 use crate::metrics::{DatabaseMetrics, GlobalMetrics, Metrics};
 use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
@@ -152,10 +154,15 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Connected clients (after accept, before close).
     pub clients: AtomicUsize,
-    /// Fired when sessions must end now (shutdown timeout reached).
+    /// Fired when sessions must end now (shutdown timeout reached). Each session stops on a child
+    /// token of it (see [`ClientRegistry::register`]), which admin KILL cancels alone.
     pub stop: CancellationToken,
     /// Named prepared statements of transaction-pooled clients, proxy-wide.
     pub statements: statements::StatementCache,
+    /// Connected clients as the admin console lists them.
+    pub registry: ClientRegistry,
+    /// Requests from the admin console to the app (reload, shutdown).
+    pub control: Control,
 }
 
 impl Shared {
@@ -166,6 +173,8 @@ impl Shared {
             clients: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
+            registry: ClientRegistry::default(),
+            control: Control::default(),
         }
     }
 }
@@ -229,6 +238,9 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
     }
     let user = startup.user().unwrap_or_default().to_string();
     let database = startup.database().unwrap_or_default().to_string();
+    let client = shared
+        .registry
+        .register(peer, &user, &database, &shared.stop);
     let result = if connected > limits.max_client_conn {
         Err(ClientError::TooManyClients {
             max: limits.max_client_conn,
@@ -241,8 +253,12 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             database: &database,
             peer,
             worker,
+            client: &client,
         };
-        session.serve(&mut stream, &startup, buf, started).await
+        match session.serve(&mut stream, &startup, buf, started).await {
+            Err(ClientError::ShuttingDown) if client.killed() => Err(ClientError::Killed),
+            other => other,
+        }
     };
     match result {
         Ok(end) => {
