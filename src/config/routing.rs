@@ -303,21 +303,165 @@ pub(super) fn check_global(s: &RoutingSettings, out: &mut Vec<(String, String)>)
     }
 }
 
-/// Checks the section, then each database and user override that sets something (so an error
-/// of the top-level section is not repeated for every database and user).
+/// Checks the section, then each database and user override, reporting for an override only
+/// the keys it sets (so an error of the top-level section is not repeated everywhere).
 pub(super) fn check_all(config: &super::Config, out: &mut Vec<(String, String)>) {
     check("routing", &config.routing, out);
     check_global(&config.routing, out);
-    for (i, database) in config.databases.iter().enumerate() {
-        if database.routing != RoutingOverrides::default() {
-            let resolved = config.routing.with_overrides(&database.routing);
-            check(&format!("databases[{i}].routing"), &resolved, out);
+    let scopes = config
+        .databases
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("databases[{i}].routing"), &d.routing))
+        .chain(
+            config
+                .users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("users[{i}].routing"), &u.routing)),
+        );
+    for (prefix, overrides) in scopes {
+        if overrides == &RoutingOverrides::default() {
+            continue;
+        }
+        let mut found = Vec::new();
+        check(
+            &prefix,
+            &config.routing.with_overrides(overrides),
+            &mut found,
+        );
+        let sets = |path: &str| match path.rsplit('.').next() {
+            Some("primary_reads") => overrides.primary_reads.is_some(),
+            Some("write_wait") => overrides.write_wait.is_some(),
+            Some("read_your_writes_window") => {
+                overrides.read_your_writes_window.is_some() || overrides.read_your_writes.is_some()
+            }
+            _ => true,
+        };
+        out.extend(found.into_iter().filter(|(path, _)| sets(path)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, ConfigError};
+
+    const MINIMAL: &str = "databases:\n  - name: app\n    nodes:\n      - host: db1\n";
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str(text, &no_env) {
+            Err(ConfigError::Invalid(e)) => e.iter().map(ToString::to_string).collect(),
+            other => panic!("expected validation errors, got {other:?}"),
         }
     }
-    for (i, user) in config.users.iter().enumerate() {
-        if user.routing != RoutingOverrides::default() {
-            let resolved = config.routing.with_overrides(&user.routing);
-            check(&format!("users[{i}].routing"), &resolved, out);
-        }
+
+    #[test]
+    fn defaults_apply_without_a_routing_section() {
+        let config = load_str(MINIMAL, &no_env).unwrap();
+        assert_eq!(config.routing, RoutingSettings::default());
+        assert_eq!(config.databases[0].nodes[0].weight, 1);
+        let d = RoutingSettings::default();
+        assert_eq!(d.reads, ReadRouting::Replicas);
+        assert_eq!(d.primary_reads, Share(0.0));
+        assert_eq!(d.read_your_writes_window, Duration::from_secs(5));
+        assert_eq!(d.write_wait, Duration::from_secs(5));
+        assert!(d.retry_read_only_errors);
+        assert!(d.writing_functions.iter().any(|f| f == "nextval"));
+        assert_eq!(d.consistency_keys_capacity, 100_000);
+    }
+
+    #[test]
+    fn the_example_documents_the_defaults() {
+        let example = include_str!("../../config.example.yaml");
+        let env = |name: &str| (name == "APP_PASSWORD").then(|| "x".to_string());
+        let config = load_str(example, &env).unwrap();
+        assert_eq!(config.routing, RoutingSettings::default());
+        let app = config.database("app").unwrap();
+        let ro = config.database("app_ro").unwrap();
+        let user = config.user("app").unwrap();
+        assert_eq!(app.nodes[0].weight, 1);
+        assert_eq!(
+            config.routing_settings(app, user).balance,
+            Balance::LeastOutstanding
+        );
+        let ro = config.routing_settings(ro, user);
+        assert_eq!(ro.default_target, DefaultTarget::Replica);
+        assert_eq!(ro.balance, Balance::RoundRobin);
+    }
+
+    #[test]
+    fn every_spelling_parses_and_overrides_resolve_database_then_user() {
+        let text = format!(
+            "{MINIMAL}        weight: 3\n    routing:\n      balance: weighted\n      reads: primary\n\
+             \x20     primary_reads: 0.5\n      read_your_writes: window\n\
+             \x20     read_your_writes_window: 250ms\n\
+             routing:\n  when_no_replica: fail\n  read_write_transactions: classify\n\
+             \x20 writing_functions: [my_fn]\n  consistency_keys_capacity: 0\n\
+             users:\n  - name: u\n    password: p\n    routing:\n      reads: replicas\n\
+             \x20     read_your_writes: off\n      write_wait: 1m\n      default_target: primary\n\
+             \x20     retry_read_only_errors: false\n"
+        );
+        let config = load_str(&text, &no_env).unwrap();
+        let db = &config.databases[0];
+        assert_eq!(db.nodes[0].weight, 3);
+        let s = config.routing_settings(db, config.user("u").unwrap());
+        assert_eq!(s.reads, ReadRouting::Replicas);
+        assert_eq!(s.balance, Balance::Weighted);
+        assert_eq!(s.primary_reads, Share(0.5));
+        assert_eq!(s.when_no_replica, WhenNoReplica::Fail);
+        assert_eq!(s.read_write_transactions, ReadWriteTransactions::Classify);
+        assert_eq!(s.read_your_writes, ReadYourWrites::Off);
+        assert_eq!(s.read_your_writes_window, Duration::from_millis(250));
+        assert_eq!(s.write_wait, Duration::from_secs(60));
+        assert_eq!(s.default_target, DefaultTarget::Primary);
+        assert!(!s.retry_read_only_errors);
+        assert_eq!(s.writing_functions, ["my_fn"]);
+        assert_eq!(s.consistency_keys_capacity, 0);
+        let db_only = config.routing.with_overrides(&db.routing);
+        assert_eq!(db_only.reads, ReadRouting::Primary);
+        assert_eq!(db_only.read_your_writes, ReadYourWrites::Window);
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_paths() {
+        let text = format!(
+            "{MINIMAL}    routing:\n      primary_reads: -0.1\n\
+             routing:\n  primary_reads: 1.5\n  write_wait: 0\n\
+             \x20 writing_functions: [nextval, \"public.f\", \"\"]\n\
+             users:\n  - name: u\n    password: p\n    routing:\n      read_your_writes: window\n\
+             \x20     read_your_writes_window: 0\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "routing.primary_reads: must be between 0.0 and 1.0 (got 1.5)",
+                "routing.write_wait: must be greater than 0",
+                "routing.writing_functions[1]: \"public.f\" is not a function name (letters, digits, _ and $; no schema)",
+                "routing.writing_functions[2]: \"\" is not a function name (letters, digits, _ and $; no schema)",
+                "databases[0].routing.primary_reads: must be between 0.0 and 1.0 (got -0.1)",
+                "users[0].routing.read_your_writes_window: must be greater than 0 when read_your_writes is window",
+            ]
+        );
+    }
+
+    #[test]
+    fn process_wide_keys_cannot_be_overridden_and_unknown_values_are_refused() {
+        let per_user = format!(
+            "{MINIMAL}users:\n  - name: u\n    password: p\n    routing:\n      writing_functions: []\n"
+        );
+        assert!(matches!(
+            load_str(&per_user, &no_env),
+            Err(ConfigError::Parse(_))
+        ));
+        let bad = format!("{MINIMAL}routing:\n  balance: fastest\n");
+        assert!(matches!(
+            load_str(&bad, &no_env),
+            Err(ConfigError::Parse(_))
+        ));
     }
 }
