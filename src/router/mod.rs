@@ -36,6 +36,17 @@ pub enum RouteError {
     NoReplica { database: String },
 }
 
+impl RouteError {
+    /// True for errors a failover may cure (no primary, or two while roles settle): a write
+    /// waits up to `routing.write_wait` for a new topology snapshot before giving up.
+    pub fn worth_waiting(&self) -> bool {
+        matches!(
+            self,
+            RouteError::NoPrimary { .. } | RouteError::SeveralPrimaries { .. }
+        )
+    }
+}
+
 /// Primary-only routing, as before read routing existed: every intent goes to the primary.
 /// Kept so sessions work until they call [`policy::route`]; same primary rules.
 pub fn route(

@@ -201,6 +201,14 @@ fn a_weight_zero_replica_takes_no_reads() {
 }
 
 #[test]
+fn only_primary_trouble_is_worth_waiting_for() {
+    let db = || "db".to_string();
+    assert!(RouteError::NoPrimary { database: db() }.worth_waiting());
+    assert!(RouteError::SeveralPrimaries { database: db() }.worth_waiting());
+    assert!(!RouteError::NoReplica { database: db() }.worth_waiting());
+}
+
+#[test]
 fn the_legacy_entry_point_still_picks_the_primary() {
     let snap = snapshot(&["R", "P"]);
     assert_eq!(route("db", &snap, Intent::ReadWrite), Ok(NodeId(1)));
