@@ -1,7 +1,12 @@
-//! Benchmarks of SQL classification for routing: typical statements, and a cache hit.
+//! Benchmarks of routing: SQL classification of typical statements, a cache hit, and the
+//! routing decision over a primary and three replicas.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use pgsluice::config::routing::Balance;
+use pgsluice::config::RoutingSettings;
 use pgsluice::router::classify::{classify, ClassificationCache, ClassifierConfig};
+use pgsluice::router::{policy, Balancer, Request};
+use pgsluice::topology::{ClusterSnapshot, Freshness, Health, Lsn, NodeId, NodeState, Role};
 
 const STATEMENTS: &[(&str, &str)] = &[
     (
@@ -45,5 +50,63 @@ fn cache_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, classify_statements, cache_hit);
+fn cluster() -> ClusterSnapshot {
+    let node = |i: usize, role| NodeState {
+        id: NodeId(i),
+        name: format!("n{i}"),
+        host: "127.0.0.1".into(),
+        port: 5432 + i as u16,
+        role,
+        health: Health::Up,
+        lsn: Some(Lsn(1000 + i as u64)),
+        lag: None,
+        freshness: Freshness::Fresh,
+    };
+    ClusterSnapshot {
+        nodes: vec![
+            node(0, Role::Primary),
+            node(1, Role::Replica),
+            node(2, Role::Replica),
+            node(3, Role::Replica),
+        ],
+    }
+}
+
+fn route_decision(c: &mut Criterion) {
+    let snapshot = cluster();
+    let balancer = Balancer::with_weights([1, 1, 2, 1]);
+    let mut g = c.benchmark_group("route");
+    let write = Request::write();
+    let read = Request::read();
+    let read_lsn = Request {
+        min_lsn: Some(Lsn(1002)),
+        ..Request::read()
+    };
+    for (name, balance, request) in [
+        ("write", Balance::RoundRobin, write),
+        ("read_round_robin", Balance::RoundRobin, read),
+        ("read_least_outstanding", Balance::LeastOutstanding, read),
+        ("read_weighted", Balance::Weighted, read),
+        ("read_min_lsn", Balance::RoundRobin, read_lsn),
+    ] {
+        let settings = RoutingSettings {
+            balance,
+            ..RoutingSettings::default()
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                policy::route(
+                    "db",
+                    black_box(&snapshot),
+                    &settings,
+                    &balancer,
+                    black_box(&request),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, classify_statements, cache_hit, route_decision);
 criterion_main!(benches);

@@ -6,8 +6,8 @@
 mod status;
 mod workers;
 
-use std::sync::atomic::Ordering;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::ControlRequest;
+use crate::config;
 use crate::config::Config;
 use crate::health;
 use crate::metrics::Metrics;
-use crate::admin::ControlRequest;
-use crate::config;
 use crate::net;
 use crate::session::{Generation, GenerationError, Shared};
 pub use status::{AppStatus, Lifecycle};

@@ -11,6 +11,7 @@ pub mod duration;
 mod health;
 mod http;
 mod load;
+pub mod routing;
 mod secret;
 mod validate;
 
@@ -23,10 +24,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admin::AdminConfig;
 pub use health::HealthConfig;
 pub use http::HttpConfig;
-pub use admin::AdminConfig;
 pub use load::{interpolate, load_file, load_str, parse_str};
+pub use routing::{RoutingOverrides, RoutingSettings};
 pub use secret::{PasswordKind, Secret};
 pub use validate::{ValidationError, MIN_MESSAGE_SIZE};
 
@@ -69,6 +71,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Defaults for every pool; databases and users may override them.
     pub pool: PoolSettings,
+    /// Read/write routing defaults; databases and users may override most keys.
+    pub routing: RoutingSettings,
     pub users: Vec<UserConfig>,
     pub databases: Vec<DatabaseConfig>,
     pub logging: LoggingConfig,
@@ -89,6 +93,7 @@ impl Default for Config {
             server_tls: ServerTls::default(),
             auth: AuthConfig::default(),
             pool: PoolSettings::default(),
+            routing: RoutingSettings::default(),
             users: Vec::new(),
             databases: Vec::new(),
             logging: LoggingConfig::default(),
@@ -105,6 +110,18 @@ impl Config {
         self.pool
             .with_overrides(&database.pool)
             .with_overrides(&user.pool)
+    }
+
+    /// Effective routing settings for a (database, user) pair: `routing` < database.routing <
+    /// user.routing.
+    pub fn routing_settings(
+        &self,
+        database: &DatabaseConfig,
+        user: &UserConfig,
+    ) -> RoutingSettings {
+        self.routing
+            .with_overrides(&database.routing)
+            .with_overrides(&user.routing)
     }
 
     /// The user with this client-facing name.
@@ -442,6 +459,7 @@ pub struct UserConfig {
     /// Password for the nodes; default = password if it is plaintext.
     pub server_password: Option<Secret>,
     pub pool: PoolOverrides,
+    pub routing: RoutingOverrides,
 }
 
 impl UserConfig {
@@ -484,6 +502,8 @@ pub struct NodeConfig {
     #[serde(deserialize_with = "deserialize_port")]
     pub port: u16,
     pub role: NodeRole,
+    /// Relative share of reads for `routing.balance: weighted`; 0 = this node takes no reads.
+    pub weight: u32,
 }
 
 impl Default for NodeConfig {
@@ -493,6 +513,7 @@ impl Default for NodeConfig {
             host: String::new(),
             port: 5432,
             role: NodeRole::Auto,
+            weight: 1,
         }
     }
 }
@@ -525,6 +546,7 @@ pub struct DatabaseConfig {
     /// At least one; at most one with role primary.
     pub nodes: Vec<NodeConfig>,
     pub pool: PoolOverrides,
+    pub routing: RoutingOverrides,
 }
 
 impl DatabaseConfig {

@@ -57,6 +57,11 @@ pub(super) fn collect(config: &Config) -> Vec<ValidationError> {
     check_databases(config, &mut errors);
     check_pool_pairs(config, &mut errors);
     errors.0.extend(super::admin::check(config));
+    let mut routing = Vec::new();
+    super::routing::check_all(config, &mut routing);
+    for (path, message) in routing {
+        errors.push(path, message);
+    }
     if config.logging.level.trim().is_empty() {
         errors.push("logging.level", "must not be empty");
     }

@@ -168,44 +168,8 @@ pub struct ClassifierConfig {
     pub standard_conforming_strings: bool,
 }
 
-/// The default [`ClassifierConfig::writing_functions`].
-pub const DEFAULT_WRITING_FUNCTIONS: &[&str] = &[
-    "nextval",
-    "setval",
-    "currval",
-    "lastval",
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-    "pg_advisory_xact_lock",
-    "pg_advisory_xact_lock_shared",
-    "pg_try_advisory_xact_lock",
-    "pg_try_advisory_xact_lock_shared",
-    "pg_advisory_unlock",
-    "pg_advisory_unlock_shared",
-    "pg_advisory_unlock_all",
-    "lo_create",
-    "lo_creat",
-    "lo_import",
-    "lo_unlink",
-    "lo_put",
-    "lo_from_bytea",
-    "lowrite",
-    "lo_truncate",
-    "lo_truncate64",
-    "pg_notify",
-    "set_config",
-    "txid_current",
-    "pg_current_xact_id",
-    "pg_switch_wal",
-    "pg_create_restore_point",
-    "pg_create_physical_replication_slot",
-    "pg_create_logical_replication_slot",
-    "pg_drop_replication_slot",
-    "pg_logical_slot_get_changes",
-    "pg_logical_slot_get_binary_changes",
-];
+/// The default [`ClassifierConfig::writing_functions`] (also `routing.writing_functions`).
+pub use crate::config::routing::DEFAULT_WRITING_FUNCTIONS;
 
 impl Default for ClassifierConfig {
     fn default() -> Self {

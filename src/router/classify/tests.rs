@@ -373,3 +373,24 @@ fn keywords_only_count_as_whole_unquoted_words() {
     ]);
     writes(&["SELECT a FROM t WHERE b = 'x' /* c */ FOR\nUPDATE"]);
 }
+
+#[test]
+fn routing_relevant_mixtures() {
+    writes(&[
+        "WITH x AS (SELECT id FROM t) SELECT * FROM x FOR NO KEY UPDATE",
+        "WITH x AS (SELECT pg_advisory_lock(1)) SELECT 1",
+        "SELECT 1; SELECT * INTO t2 FROM t",
+        "/* pgsluice:key=user:42 */ UPDATE t SET a = 1",
+        "/* pgsluice:replica */ INSERT INTO t VALUES (1)",
+        "SELECT 1; SELECT setval('s', 10)",
+        "SET pgsluice.consistency_key = 'user:42'",
+        "WITH x AS (SELECT 1) SELECT * FROM x; DELETE FROM t",
+    ]);
+    reads(&[
+        "/* pgsluice:key=user:42 */ SELECT * FROM t WHERE id = 42",
+        "/* pgsluice:primary */ SELECT 1",
+        "SELECT 1; SELECT 2; VALUES (3)",
+        "WITH x AS (SELECT 'for update') SELECT * FROM x",
+        "SELECT pg_advisory_lock_count FROM stats",
+    ]);
+}
