@@ -14,6 +14,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::cancel::{CancelGuard, CancelTarget};
 use super::exchange::{Exchange, Expect};
 use super::relay::{self, Policy, RelayEnd, RelayOutcome};
+use super::routing::ClientRouting;
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
 use crate::admin::{ClientEntry, ClientState as Activity};
@@ -24,7 +25,9 @@ use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::Framer;
 use crate::router::{self, Intent};
+use crate::router::{Decision, Request};
 use crate::server::ServerState;
+use crate::topology::Lsn;
 
 /// Read size while a transaction-pooled client has no server connection.
 const IDLE_READ: usize = 1024;
@@ -114,7 +117,8 @@ impl<'a> Session<'a> {
                     settings,
                     ..ClientState::default()
                 };
-                self.transactions(stream, buf, &pool, &mut state, &cancel)
+                let mut routing = ClientRouting::new(self.generation, self.database, self.user);
+                self.transactions(stream, buf, &pool, &mut state, &mut routing, &cancel)
                     .await
             }
         }
@@ -128,6 +132,7 @@ impl<'a> Session<'a> {
         mut buf: BytesMut,
         pool: &Arc<Pool>,
         state: &mut ClientState,
+        routing: &mut Option<ClientRouting>,
         cancel: &CancelGuard<'_>,
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
@@ -165,7 +170,8 @@ impl<'a> Session<'a> {
                 stream.write_all(&out).await.map_err(ClientError::Io)?;
                 continue;
             }
-            let mut server = self.checkout(pool, &state.settings).await?;
+            let (pool, routed) = self.route(pool, &buf, state, routing.as_ref()).await?;
+            let mut server = self.checkout(&pool, &state.settings).await?;
             state.expected.clear();
             let (end, rest) = self
                 .relay(
@@ -179,6 +185,13 @@ impl<'a> Session<'a> {
                 .await;
             buf = rest;
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
+            if let (Some(routing), Some((decision, request)), false) =
+                (routing.as_mut(), routed, reset)
+            {
+                if routing.tracks(&decision, &request) {
+                    Self::record_write(routing, &mut server).await;
+                }
+            }
             if state.expected.capacity() > 64 {
                 state.expected = VecDeque::new();
             }
@@ -266,6 +279,51 @@ impl<'a> Session<'a> {
             server.conn().set_applied_settings(settings.to_vec());
         }
         Ok(server)
+    }
+
+    /// Picks the pool for the work at the front of `buf`: by routing (transaction pooling with
+    /// replicas), else `primary`. Also returns the decision, to track the client's writes.
+    async fn route(
+        &self,
+        primary: &Arc<Pool>,
+        buf: &[u8],
+        state: &ClientState,
+        routing: Option<&ClientRouting>,
+    ) -> Result<(Arc<Pool>, Option<(Decision, Request)>), ClientError> {
+        let Some(routing) = routing else {
+            return Ok((primary.clone(), None));
+        };
+        let request = routing.request(buf, &state.statements);
+        let decision = routing
+            .route(self.generation, self.database, &request)
+            .await?;
+        let pool = self
+            .generation
+            .pools
+            .get(self.database, self.user, decision.node)
+            .cloned()
+            .unwrap_or_else(|| primary.clone());
+        Ok((pool, Some((decision, request))))
+    }
+
+    /// After a write transaction on the primary: remembers where the client's writes are in the
+    /// WAL (one extra query), so its next reads go only to replicas that replayed them.
+    async fn record_write(routing: &mut ClientRouting, server: &mut PooledServer) {
+        if !routing.needs_lsn() {
+            routing.wrote(None);
+            return;
+        }
+        let row = server
+            .conn()
+            // The insert position, not the write position: it is past the commit record even
+            // before the WAL writer has caught up.
+            .query_row("SELECT pg_current_wal_insert_lsn()", HOUSEKEEPING_TIMEOUT)
+            .await;
+        match row.ok().and_then(|r| r.into_iter().next().flatten()) {
+            Some(text) => routing.wrote(Lsn::parse(&text)),
+            // Unknown position: keep this client's reads on the primary for now.
+            None => routing.wrote(Some(Lsn(u64::MAX))),
+        }
     }
 
     /// Between transactions, with the server idle: drops server statements if the client dropped

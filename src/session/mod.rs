@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod params;
 mod pins;
 pub mod relay;
+mod routing;
 pub mod startup;
 pub mod statements;
 
@@ -49,6 +50,8 @@ pub struct Generation {
     pub auth: AuthTable,
     /// Live topology per database, updated by health checks.
     pub topology: HashMap<String, TopologyHandle>,
+    /// Read balancing state per database.
+    pub balancers: HashMap<String, Arc<crate::router::Balancer>>,
     pub client_tls: Option<ClientTlsAcceptor>,
     pub server_tls: ServerTlsConnector,
     /// The process's metrics registry (the same one across reloads).
@@ -96,6 +99,16 @@ impl Generation {
             .iter()
             .map(|db| (db.name.clone(), metrics.database(&db.name)))
             .collect();
+        let balancers = config
+            .databases
+            .iter()
+            .map(|db| {
+                (
+                    db.name.clone(),
+                    Arc::new(crate::router::Balancer::new(&db.nodes)),
+                )
+            })
+            .collect();
         let topology = config
             .databases
             .iter()
@@ -115,6 +128,7 @@ impl Generation {
             server_tls,
             metrics,
             database_metrics,
+            balancers,
         })
     }
 }

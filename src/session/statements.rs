@@ -23,6 +23,8 @@ pub struct Statement {
     pub changes_settings: bool,
     /// Running it creates session state that pins the client (and why).
     pub pin: Option<&'static str>,
+    /// A read a replica may serve (classified with the default writing functions; hints count).
+    pub read_only: bool,
     /// A server accepted its Parse once: the SQL is valid, so a client's Parse of it can be
     /// answered without a server.
     valid: AtomicBool,
@@ -31,6 +33,18 @@ pub struct Statement {
 impl Statement {
     fn new(id: u64, rest: &[u8]) -> Statement {
         let query = &rest[..rest.iter().position(|b| *b == 0).unwrap_or(rest.len())];
+        let read_only = std::str::from_utf8(query).is_ok_and(|sql| {
+            use crate::router::classify::{classify, ClassifierConfig, Target};
+            let config = ClassifierConfig {
+                writing_functions: crate::router::classify::DEFAULT_WRITING_FUNCTIONS
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+                standard_conforming_strings: true,
+            };
+            let classification = classify(sql, &config);
+            classification.malformed.is_none() && classification.hinted_target() == Target::Replica
+        });
         let effects = match std::str::from_utf8(query) {
             Ok(sql) => super::pins::query_effects(sql),
             Err(_) => super::pins::QueryEffects {
@@ -50,6 +64,7 @@ impl Statement {
             name: Bytes::from(name.into_bytes()),
             changes_settings: effects.settings,
             pin: effects.pin,
+            read_only,
             valid: AtomicBool::new(false),
         }
     }

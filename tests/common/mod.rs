@@ -33,6 +33,13 @@ pub fn proxy_yaml(pool: &str, extra: &str) -> String {
     let verifier = pgsluice::auth::scram::ScramVerifier::generate(VERIFIER_PASSWORD).to_string();
     let primary = cluster.primary().port;
     let replica = cluster.replicas()[0].port;
+    // Tests about pooling count server connections on the primary: reads stay there unless the
+    // test asks for routing itself.
+    let routing = if extra.contains("routing:") {
+        ""
+    } else {
+        "routing: { reads: primary }"
+    };
     format!(
         r#"
 auth: {{ method: scram-sha-256, allow_cleartext_without_tls: true }}
@@ -49,6 +56,7 @@ databases:
     nodes:
       - {{ name: primary, host: 127.0.0.1, port: {primary}, role: primary }}
       - {{ name: replica1, host: 127.0.0.1, port: {replica}, role: replica }}
+{routing}
 {extra}
 "#,
         scram_user = roles::SCRAM_USER,
