@@ -105,8 +105,17 @@ async fn show_views_list_clients_pools_servers_and_nodes() {
         && cell(&columns, r, "node") == "primary"));
 
     app.batch_execute("COMMIT").await.unwrap();
-    let (columns, pool) = app_pool(&admin).await;
-    assert_eq!(cell(&columns, &pool, "sv_active"), "0");
+    // The connection goes back to the pool just after the client has its answer.
+    let mut released = None;
+    for _ in 0..50 {
+        let (columns, pool) = app_pool(&admin).await;
+        if cell(&columns, &pool, "sv_active") == "0" {
+            released = Some((columns, pool));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (columns, pool) = released.expect("the server connection is released after COMMIT");
     assert_eq!(cell(&columns, &pool, "sv_idle"), "1");
     let (columns, servers) = table(&admin, "show servers").await;
     let idle = servers

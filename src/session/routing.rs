@@ -134,6 +134,7 @@ impl ClientRouting {
     /// position: it ran on the primary as a write and some replica could serve later reads.
     pub fn tracks(&self, decision: &Decision, request: &Request) -> bool {
         self.replicas
+            && self.settings.reads == crate::config::routing::ReadRouting::Replicas
             && !decision.replica
             && request.intent == Intent::Write
             && self.settings.read_your_writes != ReadYourWrites::Off
