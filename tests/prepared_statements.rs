@@ -7,7 +7,6 @@ mod common;
 
 use common::{proxy_yaml, start_proxy};
 use futures_util::future::join_all;
-use tokio::process::Command;
 
 #[tokio::test]
 async fn many_clients_run_prepared_statements_on_two_server_connections() {
@@ -127,15 +126,8 @@ async fn an_error_in_a_pipeline_drops_the_rest_until_sync() {
 #[tokio::test]
 async fn pgbench_prepared_with_100_clients_through_a_pool_of_10() {
     let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 10", "")).await;
-    let port = proxy.addr.port().to_string();
-    let pgbench = |args: &[&str]| {
-        let mut cmd = Command::new(common::pg_bin("pgbench"));
-        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "app"])
-            .args(args)
-            .env("PGPASSWORD", "app-pass")
-            .env("PGSSLMODE", "disable");
-        cmd
-    };
+    let port = proxy.addr.port();
+    let pgbench = |args: &[&str]| common::pgbench(port, args);
     let out = pgbench(&["-i", "-s", "1", "-q", "sluice"])
         .output()
         .await

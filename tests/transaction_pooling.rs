@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::{proxy_yaml, start_proxy, Proxy};
-use tokio::process::Command;
 use tokio_postgres::types::Type;
 
 /// Server connections open in every pool of the proxy.
@@ -238,15 +237,8 @@ async fn client_gone_mid_transaction_is_rolled_back_before_reuse() {
 #[tokio::test]
 async fn pgbench_through_a_small_transaction_pool() {
     let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 4", "")).await;
-    let port = proxy.addr.port().to_string();
-    let pgbench = |args: &[&str]| {
-        let mut cmd = Command::new(common::pg_bin("pgbench"));
-        cmd.args(["-h", "127.0.0.1", "-p", &port, "-U", "app"])
-            .args(args)
-            .env("PGPASSWORD", "app-pass")
-            .env("PGSSLMODE", "disable");
-        cmd
-    };
+    let port = proxy.addr.port();
+    let pgbench = |args: &[&str]| common::pgbench(port, args);
     let out = pgbench(&["-i", "-s", "1", "-q", "sluice"])
         .output()
         .await

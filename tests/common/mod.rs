@@ -210,3 +210,15 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A pgbench command against the proxy at `port` as user `app` (run it with tokio::process so
+/// the in-process proxy keeps running).
+#[allow(dead_code)]
+pub fn pgbench(port: u16, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(pg_bin("pgbench"));
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
+        .args(args)
+        .env("PGPASSWORD", "app-pass")
+        .env("PGSSLMODE", "disable");
+    cmd
+}
