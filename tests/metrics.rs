@@ -161,6 +161,61 @@ async fn endpoints_report_a_known_workload() {
 }
 
 #[tokio::test]
+async fn relay_counts_queries_transactions_bytes_errors_and_prepared_hits() {
+    let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 2", "")).await;
+    let http = serve_http(&proxy.app).await;
+    let client = proxy.app_client().await;
+    for _ in 0..5 {
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+    for sql in ["BEGIN", "SELECT 1", "COMMIT"] {
+        client.simple_query(sql).await.expect("transaction");
+    }
+    let statement = client.prepare("SELECT $1::int4").await.expect("prepare");
+    for i in 0..3 {
+        client.query_one(&statement, &[&i]).await.expect("execute");
+    }
+    let error = client
+        .simple_query("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    assert_eq!(sqlstate(&error).as_deref(), Some("22012"));
+
+    // 5 autocommit + 3 in BEGIN..COMMIT + prepare + 3 executions + the error; each autocommit
+    // request is its own transaction.
+    let pool = "database=\"sluice\",user=\"app\",node=\"primary\"";
+    let queries = format!("pgsluice_queries_total{{{pool}}}");
+    let metrics = scrape_until(http, &queries, 13.0).await;
+    assert_eq!(value(&metrics, &queries), 13.0);
+    let transactions = format!("pgsluice_transactions_total{{{pool}}}");
+    assert_eq!(value(&metrics, &transactions), 11.0);
+    let latency = format!("pgsluice_query_duration_seconds_count{{{pool}}}");
+    assert_eq!(value(&metrics, &latency), 13.0);
+    let latency = format!("pgsluice_transaction_duration_seconds_count{{{pool}}}");
+    assert_eq!(value(&metrics, &latency), 11.0);
+    for bytes in ["pgsluice_bytes_received_total", "pgsluice_bytes_sent_total"] {
+        let sent = value(&metrics, &format!("{bytes}{{{pool}}}"));
+        assert!(sent > 100.0, "{bytes}: {sent}");
+    }
+    let errors = "pgsluice_errors_total{database=\"sluice\",class=\"other\"}";
+    assert_eq!(value(&metrics, errors), 1.0);
+    // The Parse, its Describe and three Binds: each finds the statement on its server connection
+    // or prepares it there.
+    let hits = value(
+        &metrics,
+        &format!("pgsluice_prepared_statements_cache_hits_total{{{pool}}}"),
+    );
+    let misses = value(
+        &metrics,
+        &format!("pgsluice_prepared_statements_cache_misses_total{{{pool}}}"),
+    );
+    assert_eq!(hits + misses, 5.0, "hits {hits}, misses {misses}");
+    assert!((1.0..=2.0).contains(&misses), "misses: {misses}");
+    drop(client);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn not_ready_before_listening() {
     // No node is contacted: nothing is served and pools open lazily.
     let yaml = r#"

@@ -217,7 +217,8 @@ impl ErrorClass {
 
 /// Metrics of one configured database: routing decisions and errors reported to its clients.
 /// Record with `route(target, reason)` after each routing decision and `error(sqlstate)` for each
-/// ErrorResponse the proxy itself sends (server errors relayed verbatim are not counted here).
+/// ErrorResponse a client gets: the proxy's own and the servers' (counted as the relay forwards
+/// them).
 #[derive(Debug)]
 pub struct DatabaseMetrics {
     /// `database=".."`, escaped.

@@ -392,6 +392,14 @@ impl PooledServer {
         }
     }
 
+    /// The pool and the connection at once (to record into the pool's metrics while relaying).
+    pub fn parts(&mut self) -> (&Pool, &mut ServerConnection) {
+        match self.member.as_mut() {
+            Some(member) => (&self.pool, &mut member.conn),
+            None => unreachable!("a PooledServer holds its connection until release"),
+        }
+    }
+
     /// Returns the connection to the pool if it can be made clean: an open transaction is rolled back,
     /// then `reset_query` runs when `reset` is true. A busy, broken or expired connection is closed.
     pub async fn release(mut self, reset: bool) {

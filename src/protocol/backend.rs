@@ -488,6 +488,23 @@ pub fn ready_for_query_status(body: &[u8]) -> Result<TransactionStatus, Protocol
     }
 }
 
+/// The SQLSTATE (field `C`) of an ErrorResponse/NoticeResponse body, without decoding the other
+/// fields or allocating (hot path: counting errors by class). `None` if absent or malformed.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let end = tail.iter().position(|b| *b == 0)?;
+        if field == ErrorFields::CODE {
+            return Some(&tail[..end]);
+        }
+        rest = &tail[end + 1..];
+    }
+    None
+}
+
 /// Type OIDs the proxy uses when it answers queries itself (admin console).
 pub mod oid {
     pub const INT8: u32 = 20;

@@ -307,3 +307,15 @@ fn data_row_encodes_values_and_nulls() {
     encode_empty_query_response(&mut out);
     assert_eq!(decode_one(&mut out), BackendMessage::EmptyQueryResponse);
 }
+
+#[test]
+fn error_code_finds_the_sqlstate_without_decoding() {
+    let mut out = BytesMut::new();
+    let fields = ErrorFields::new("ERROR", "25006", "read-only").with_detail("d");
+    encode_error(&fields, &mut out);
+    let frame = one_frame(&mut out);
+    assert_eq!(error_code(frame.body()), Some(&b"25006"[..]));
+    assert_eq!(error_code(b"SERROR\0Mno code\0\0"), None);
+    assert_eq!(error_code(b"SERROR"), None);
+    assert_eq!(error_code(b""), None);
+}

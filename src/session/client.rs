@@ -13,7 +13,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use super::cancel::{CancelGuard, CancelTarget};
 use super::exchange::{Exchange, Expect};
-use super::relay::{self, Policy, RelayEnd, RelayOutcome};
+use super::relay::{self, Policy, RelayEnd, RelayMetrics, RelayOutcome};
 use super::routing::ClientRouting;
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
@@ -244,6 +244,14 @@ impl<'a> Session<'a> {
         Ok(settings)
     }
 
+    /// This client's database metrics (errors by class, routing decisions).
+    fn database_metrics(&self) -> &'a crate::metrics::DatabaseMetrics {
+        self.generation
+            .database_metrics
+            .get(self.database)
+            .unwrap_or(self.generation.metrics.unknown_database())
+    }
+
     /// Routes (today: the primary) to the pool of that node.
     fn pool(&self) -> Result<Arc<Pool>, ClientError> {
         let unknown = || ClientError::UnknownDatabase(self.database.to_string());
@@ -397,7 +405,11 @@ impl<'a> Session<'a> {
             server_key: server.conn().backend_key(),
         }));
         let capacity = server.pool().settings().server_prepared_statements;
-        let conn = server.conn();
+        let (pool, conn) = server.parts();
+        let metrics = RelayMetrics {
+            pool: pool.metrics(),
+            database: self.database_metrics(),
+        };
         let server_buf = conn.take_buffered();
         let policy = Policy {
             transaction_pooling: state.is_some(),
@@ -412,6 +424,7 @@ impl<'a> Session<'a> {
             expected: &mut state.expected,
             settings_changed: false,
             pinned: None,
+            metrics: metrics.pool,
         });
         let outcome = relay::relay(
             stream,
@@ -421,6 +434,7 @@ impl<'a> Session<'a> {
             self.generation.config.limits.max_message_size,
             policy,
             exchange,
+            metrics,
             self.client.stop_token(),
             stop_wait,
         )

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use bytes::{BufMut, BytesMut};
 
 use super::statements::{ClientStatements, Statement, StatementCache};
+use crate::metrics::PoolMetrics;
 use crate::server::PreparedSet;
 
 /// A response (or group of responses) the client is owed for one request, in request order.
@@ -66,6 +67,9 @@ pub struct Exchange<'a> {
     pub settings_changed: bool,
     /// Set when the client runs a named statement that creates session state (and why).
     pub pinned: Option<&'static str>,
+    /// Counts prepared-statement cache hits (the server had it), misses (prepared on demand) and
+    /// evictions.
+    pub metrics: &'a PoolMetrics,
 }
 
 /// The bytes of a NUL-terminated string at the front of `bytes` (without the NUL), if any.
@@ -143,6 +147,7 @@ impl Exchange<'_> {
         let statement = self.cache.get_or_insert(rest);
         self.client.insert(name, statement.clone());
         if self.server.touch(statement.id) {
+            self.metrics.prepared_cache_hits.inc();
             self.expected.push_back(Expect::Synthetic(b'1'));
         } else {
             self.prepare(&statement, out, false);
@@ -199,14 +204,18 @@ impl Exchange<'_> {
     }
 
     fn ensure_prepared(&mut self, statement: &Statement, out: &mut BytesMut) {
-        if !self.server.touch(statement.id) {
+        if self.server.touch(statement.id) {
+            self.metrics.prepared_cache_hits.inc();
+        } else {
             self.prepare(statement, out, true);
         }
     }
 
     /// Writes the Parse for `statement` (after closing the statement it evicts, if any).
     fn prepare(&mut self, statement: &Statement, out: &mut BytesMut, swallow: bool) {
+        self.metrics.prepared_cache_misses.inc();
         if let Some(evicted) = self.server.insert(statement.id) {
+            self.metrics.prepared_cache_evictions.inc();
             let name = format!("__sluice_{evicted}");
             out.put_u8(b'C');
             out.put_u32(4 + 1 + name.len() as u32 + 1);

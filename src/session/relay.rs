@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,6 +23,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::exchange::{Exchange, Expect, Response};
 use super::pins::QueryEffects;
+use crate::metrics::{DatabaseMetrics, PoolMetrics};
 use crate::net::Stream;
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::frame::{Passthrough, Step};
@@ -90,9 +92,17 @@ pub struct RelayOutcome {
     pub statements_dropped: bool,
 }
 
+/// Where the relay records what it forwards: the pool's query, transaction and byte counters, and
+/// the database's errors by SQLSTATE class.
+#[derive(Clone, Copy, Debug)]
+pub struct RelayMetrics<'m> {
+    pub pool: &'m PoolMetrics,
+    pub database: &'m DatabaseMetrics,
+}
+
 /// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
 #[derive(Debug)]
-struct Flight {
+struct Flight<'m> {
     pending: i64,
     status: TransactionStatus,
     parameters: Vec<(String, String)>,
@@ -101,6 +111,68 @@ struct Flight {
     pinned: Option<&'static str>,
     settings_changed: bool,
     statements_dropped: bool,
+    metrics: RelayMetrics<'m>,
+    /// When the oldest unanswered request began (its first message); `None` while none is out.
+    query_start: Option<Instant>,
+    /// When the current transaction's first message arrived; `None` between transactions.
+    transaction_start: Option<Instant>,
+    /// Bytes written to the server and to the client since the last flush to `metrics`.
+    bytes_to_server: u64,
+    bytes_to_client: u64,
+}
+
+impl Flight<'_> {
+    /// A request message arrived: starts the query (and transaction) clocks if they are stopped.
+    #[inline]
+    fn request_started(&mut self) {
+        if self.query_start.is_none() {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            self.transaction_start.get_or_insert(now);
+        }
+    }
+
+    /// A ReadyForQuery arrived (after `pending` and `status` were updated): records the query, and
+    /// the transaction if it ended.
+    fn request_answered(&mut self) {
+        let now = Instant::now();
+        if let Some(start) = self.query_start.take() {
+            self.metrics.pool.queries.inc();
+            self.metrics.pool.query_duration.observe(now - start);
+        }
+        if self.pending > 0 {
+            // Pipelined: the next answer is timed from this one.
+            self.query_start = Some(now);
+        }
+        if self.status == TransactionStatus::Idle {
+            if let Some(start) = self.transaction_start.take() {
+                self.metrics.pool.transactions.inc();
+                self.metrics.pool.transaction_duration.observe(now - start);
+            }
+            self.flush_bytes();
+        }
+    }
+
+    /// Adds the bytes counted since the last flush to the pool's counters.
+    fn flush_bytes(&mut self) {
+        if self.bytes_to_server > 0 {
+            self.metrics.pool.bytes_received.add(self.bytes_to_server);
+            self.bytes_to_server = 0;
+        }
+        if self.bytes_to_client > 0 {
+            self.metrics.pool.bytes_sent.add(self.bytes_to_client);
+            self.bytes_to_client = 0;
+        }
+    }
+
+    /// Counts `n` bytes written by the pipe reading from `source`.
+    #[inline]
+    fn wrote(&mut self, source: Source, n: usize) {
+        match source {
+            Source::Client => self.bytes_to_server += n as u64,
+            Source::Server => self.bytes_to_client += n as u64,
+        }
+    }
 }
 
 /// Which end a pipe reads from.
@@ -188,7 +260,7 @@ impl Pipe {
         cx: &mut Context<'_>,
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
-        flight: &mut Flight,
+        flight: &mut Flight<'_>,
         policy: Policy,
         exchange: &mut Option<Exchange<'_>>,
     ) -> Poll<RelayEnd>
@@ -203,6 +275,7 @@ impl Pipe {
                     Ok(n) => {
                         self.out.advance(n);
                         self.need_flush = true;
+                        flight.wrote(self.source, n);
                     }
                 }
             }
@@ -213,6 +286,7 @@ impl Pipe {
                         self.buf.advance(n);
                         self.ready -= n;
                         self.need_flush = true;
+                        flight.wrote(self.source, n);
                     }
                 }
             }
@@ -254,7 +328,7 @@ impl Pipe {
     /// whole frames for the few messages the proxy must understand.
     fn scan(
         &mut self,
-        flight: &mut Flight,
+        flight: &mut Flight<'_>,
         policy: Policy,
         exchange: &mut Option<Exchange<'_>>,
     ) -> Result<(), ProtocolError> {
@@ -284,7 +358,7 @@ impl Pipe {
                         && matches!(header.tag, b'P' | b'Q' | b'B' | b'D' | b'C')
                 }
                 Source::Server => {
-                    matches!(header.tag, b'Z' | b'S')
+                    matches!(header.tag, b'Z' | b'S' | b'E')
                         || (rewriting && matches!(header.tag, b'1' | b'3'))
                 }
             };
@@ -334,7 +408,7 @@ impl Pipe {
         exchange: &mut Exchange<'_>,
         available: usize,
         dropped: Option<StatementDrop>,
-        flight: &mut Flight,
+        flight: &mut Flight<'_>,
     ) -> bool {
         let frame = &self.buf[self.ready..self.ready + available];
         if let Some(dropped) = dropped {
@@ -416,17 +490,24 @@ enum StatementDrop {
 fn note_request(
     tag: u8,
     body: &[u8],
-    flight: &mut Flight,
+    flight: &mut Flight<'_>,
     policy: Policy,
 ) -> Option<StatementDrop> {
     match tag {
         // Each of these is answered by exactly one ReadyForQuery.
-        b'Q' | b'F' => flight.pending += 1,
+        b'Q' | b'F' => {
+            flight.request_started();
+            flight.pending += 1;
+        }
         b'S' => {
+            flight.request_started();
             flight.pending += 1;
             flight.unsynced = false;
         }
-        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => flight.unsynced = true,
+        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
+            flight.request_started();
+            flight.unsynced = true;
+        }
         _ => {}
     }
     if !policy.transaction_pooling || !matches!(tag, b'Q' | b'P') {
@@ -462,14 +543,23 @@ fn note_request(
 }
 
 /// Records what a server message says; true at a release point (idle, nothing owed, not pinned).
-fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolError> {
+fn observe(tag: u8, body: &[u8], flight: &mut Flight<'_>) -> Result<bool, ProtocolError> {
     if tag == b'Z' {
         flight.status = backend::ready_for_query_status(body)?;
         flight.pending -= 1;
+        flight.request_answered();
         return Ok(flight.pending == 0
             && flight.status == TransactionStatus::Idle
             && !flight.unsynced
             && flight.pinned.is_none());
+    }
+    if tag == b'E' {
+        let code = backend::error_code(body).unwrap_or_default();
+        flight
+            .metrics
+            .database
+            .error(std::str::from_utf8(code).unwrap_or_default());
+        return Ok(false);
     }
     if tag != b'S' {
         return Ok(false);
@@ -490,7 +580,7 @@ struct Relay<'a, 's, 'w, 'e> {
     server: &'a mut Stream,
     upstream: Pipe,
     downstream: Pipe,
-    flight: Flight,
+    flight: Flight<'a>,
     policy: Policy,
     /// Named prepared statements under transaction pooling (`None` in session pooling).
     exchange: Option<Exchange<'e>>,
@@ -572,6 +662,7 @@ pub async fn relay<'s>(
     max_message_size: usize,
     policy: Policy,
     exchange: Option<Exchange<'_>>,
+    metrics: RelayMetrics<'_>,
     stop: &'s CancellationToken,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
 ) -> RelayOutcome {
@@ -588,6 +679,11 @@ pub async fn relay<'s>(
             pinned: None,
             settings_changed: false,
             statements_dropped: false,
+            metrics,
+            query_start: None,
+            transaction_start: None,
+            bytes_to_server: 0,
+            bytes_to_client: 0,
         },
         policy,
         exchange,
@@ -596,6 +692,7 @@ pub async fn relay<'s>(
         stop_registered: false,
     };
     let end = (&mut relay).await;
+    relay.flight.flush_bytes();
     let owed = relay
         .exchange
         .as_ref()

@@ -39,6 +39,7 @@ struct Fixture {
     client: ClientStatements,
     server: PreparedSet,
     expected: VecDeque<Expect>,
+    metrics: crate::metrics::PoolMetrics,
 }
 
 impl Fixture {
@@ -48,6 +49,7 @@ impl Fixture {
             client: ClientStatements::default(),
             server: PreparedSet::new(capacity),
             expected: VecDeque::new(),
+            metrics: crate::metrics::PoolMetrics::detached(),
         }
     }
 
@@ -59,6 +61,7 @@ impl Fixture {
             expected: &mut self.expected,
             settings_changed: false,
             pinned: None,
+            metrics: &self.metrics,
         }
     }
 }
