@@ -19,6 +19,8 @@
 #   -t LIST   targets to run               (env TARGETS, default "direct pgbouncer pgsluice")
 #   -s N      pgbench scale                (env SCALE, default 10)
 #   -j N      pgbench threads, capped at the client count (env THREADS, default nproc)
+#   -I N      idle mode: instead of pgbench, log N idle clients into each proxy (benches/idle_clients.py)
+#             and report the proxy's resident memory per idle client (env IDLE_CLIENTS)
 # Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
 # Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "limits: { worker_threads: 1 }").
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
@@ -35,9 +37,10 @@ PROTOCOL=${PROTOCOL:-simple}
 TARGETS=${TARGETS:-"direct pgbouncer pgsluice"}
 SCALE=${SCALE:-10}
 THREADS=${THREADS:-$(nproc)}
+IDLE_CLIENTS=${IDLE_CLIENTS:-}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
-while getopts "c:T:r:p:m:f:M:t:s:j:h" opt; do
+while getopts "c:T:r:p:m:f:M:t:s:j:I:h" opt; do
     case $opt in
     c) CLIENTS=$OPTARG ;;
     T) DURATION=$OPTARG ;;
@@ -49,6 +52,7 @@ while getopts "c:T:r:p:m:f:M:t:s:j:h" opt; do
     t) TARGETS=$OPTARG ;;
     s) SCALE=$OPTARG ;;
     j) THREADS=$OPTARG ;;
+    I) IDLE_CLIENTS=$OPTARG ;;
     h) usage 0 ;;
     *) usage 2 >&2 ;;
     esac
@@ -153,6 +157,13 @@ median() {
 # ---------------------------------------------------------------- Postgres
 # shellcheck disable=SC2086 # word splitting of the lists is intended
 MAX_CLIENTS=$(printf '%s\n' $CLIENTS | sort -n | tail -n1)
+# Clients each proxy must accept (idle mode: all of them, plus the warm-up).
+CLIENT_LIMIT=$((MAX_CLIENTS + 100))
+if [ -n "$IDLE_CLIENTS" ]; then
+    CLIENT_LIMIT=$((IDLE_CLIENTS + 400))
+    # Per process: the client script and each proxy hold one socket per client.
+    ulimit -n $((IDLE_CLIENTS + 4096)) || die "cannot raise the open-file limit for $IDLE_CLIENTS clients"
+fi
 PG_PORT=$(free_port)
 log "starting Postgres on port $PG_PORT"
 "${AS_PG[@]}" "$PG_BIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
@@ -193,14 +204,16 @@ auth_type = trust
 auth_file = $WORK/userlist.txt
 pool_mode = $POOL_MODE
 default_pool_size = $POOL_SIZE
-max_client_conn = $((MAX_CLIENTS + 100))
+max_client_conn = $CLIENT_LIMIT
 pidfile = $WORK/pgbouncer.pid
 logfile = $WORK/pgbouncer.log
 ignore_startup_parameters = extra_float_digits
 EOF
     [ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
     log "starting PgBouncer on port ${PORT[pgbouncer]} ($POOL_MODE, pool $POOL_SIZE)"
-    "${AS_PG[@]}" pgbouncer -q "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.stderr" 2>&1 &
+    # runuser starts with the default open-file limit: pass ours on.
+    "${AS_PG[@]}" bash -c 'ulimit -n "$1" && exec pgbouncer -q "$2"' _ "$(ulimit -n)" "$WORK/pgbouncer.ini" \
+        >"$WORK/pgbouncer.stderr" 2>&1 &
     for _ in $(seq 1 100); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.1; done
     BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null) ||
         { cat "$WORK/pgbouncer.stderr" "$WORK/pgbouncer.log" >&2 2>/dev/null; die "PgBouncer wrote no pidfile"; }
@@ -215,6 +228,7 @@ if wants pgsluice; then
 listeners: [{ address: "127.0.0.1:${PORT[pgsluice]}" }]
 auth: { method: trust }
 pool: { mode: $POOL_MODE, size: $POOL_SIZE }
+limits: { max_client_conn: $CLIENT_LIMIT }
 users: [{ name: postgres }]
 databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
 ${PGSLUICE_EXTRA_YAML:-}
@@ -224,6 +238,46 @@ EOF
     SLUICE_PID=$!
     PID[pgsluice]=$SLUICE_PID
     wait_ready "${PORT[pgsluice]}" pgsluice "$SLUICE_PID"
+fi
+
+# ---------------------------------------------------------------- idle mode
+# rss_kib PID: resident set size in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# measure_idle TARGET: RSS growth of the proxy while IDLE_CLIENTS clients sit logged in and idle,
+# after a warm-up of 200 clients that connect and leave (runtime and allocator fixed costs).
+measure_idle() {
+    local target=$1 port=${PORT[$1]} pid=${PID[$1]} out="$WORK/idle-$1.out" hold before after left
+    log "$target: warm-up, then $IDLE_CLIENTS idle clients"
+    python3 "$REPO/benches/idle_clients.py" "$port" postgres bench 200 </dev/null >/dev/null ||
+        die "$target: warm-up logins failed"
+    sleep 1
+    before=$(rss_kib "$pid")
+    exec {hold}> >(exec python3 "$REPO/benches/idle_clients.py" "$port" postgres bench "$IDLE_CLIENTS" >"$out" 2>&1)
+    for _ in $(seq 1 600); do
+        grep -q '^ready' "$out" 2>/dev/null && break
+        grep -q 'Error' "$out" 2>/dev/null && { cat "$out" >&2; die "$target: idle logins failed"; }
+        sleep 0.5
+    done
+    grep -q '^ready' "$out" || die "$target: $IDLE_CLIENTS logins did not finish in 300 s"
+    sleep 2
+    after=$(rss_kib "$pid")
+    exec {hold}>&-
+    sleep 3
+    left=$(rss_kib "$pid")
+    printf '%-10s %10s %10s %14s %14s\n' "$target" "$before" "$after" \
+        "$(awk -v a="$after" -v b="$before" -v n="$IDLE_CLIENTS" 'BEGIN { printf "%.2f", (a - b) / n }')" "$left"
+}
+
+if [ -n "$IDLE_CLIENTS" ]; then
+    echo
+    echo "$IDLE_CLIENTS idle clients, pool $POOL_MODE/$POOL_SIZE (RSS in KiB)"
+    printf '%-10s %10s %10s %14s %14s\n' target before "with idle" "KiB per client" "after close"
+    for target in $TARGETS; do
+        [ "$target" = direct ] && continue
+        measure_idle "$target"
+    done
+    exit 0
 fi
 
 # ---------------------------------------------------------------- runs

@@ -74,9 +74,11 @@ impl<'a> Session<'a> {
         let config = &self.generation.config;
         let framer = Framer::new(config.limits.max_message_size);
         if config.admin.is_console(self.database) {
-            return super::console::serve(self, stream, buf, &framer, started).await;
+            return Box::pin(super::console::serve(self, stream, buf, &framer, started)).await;
         }
-        let login = self.login(stream, startup, &mut buf, &framer);
+        // Futures that run once (login, the first checkout, a session-mode relay) or once per
+        // transaction are boxed: the task of an idle client then holds only the idle loop's state.
+        let login = Box::pin(self.login(stream, startup, &mut buf, &framer));
         let remaining = config
             .limits
             .startup_timeout
@@ -84,34 +86,37 @@ impl<'a> Session<'a> {
         let settings = tokio::time::timeout(remaining, login)
             .await
             .map_err(|_| ClientError::StartupTimeout)??;
-        let mut out = BytesMut::new();
-        backend::encode_auth(&backend::Authentication::Ok, &mut out);
-        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        // AuthenticationOk.
+        stream
+            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
+            .await
+            .map_err(ClientError::Io)?;
 
         let pool = self.pool()?;
-        let mut server = self.checkout(&pool, &settings).await?;
+        let mut server = Box::pin(self.checkout(&pool, &settings)).await?;
         let cancel = self.shared.cancels.issue();
-        out.clear();
+        let mut out = BytesMut::new();
         for (name, value) in server.conn().params() {
             backend::encode_parameter_status(name, value, &mut out);
         }
         backend::encode_backend_key_data(cancel.key(), &mut out);
         backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
-        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        let greeted = stream.write_all(&out).await;
+        drop(out);
+        greeted.map_err(ClientError::Io)?;
         tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
             pool = %pool.name(), mode = ?pool.settings().mode, "client connected");
 
         match pool.settings().mode {
             PoolMode::Session => {
                 let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
-                let (end, _) = self
-                    .relay(stream, buf, &mut server, &cancel, None, stop_wait)
-                    .await;
-                server.release(true).await;
+                let (end, _) =
+                    Box::pin(self.relay(stream, buf, &mut server, &cancel, None, stop_wait)).await;
+                Box::pin(server.release(true)).await;
                 end
             }
             PoolMode::Transaction => {
-                server.release(false).await;
+                Box::pin(server.release(false)).await;
                 let mut state = ClientState {
                     startup: settings.clone(),
                     settings,
@@ -170,39 +175,64 @@ impl<'a> Session<'a> {
                 stream.write_all(&out).await.map_err(ClientError::Io)?;
                 continue;
             }
-            let (pool, routed) = self.route(pool, &buf, state, routing.as_ref()).await?;
-            let mut server = self.checkout(&pool, &state.settings).await?;
-            state.expected.clear();
-            let (end, rest) = self
-                .relay(
-                    stream,
-                    buf,
-                    &mut server,
-                    cancel,
-                    Some(state),
-                    stop_wait.as_mut(),
-                )
-                .await;
+            let (end, rest) = Box::pin(self.transaction(
+                stream,
+                buf,
+                pool,
+                state,
+                routing,
+                cancel,
+                stop_wait.as_mut(),
+            ))
+            .await;
             buf = rest;
-            let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
-            if let (Some(routing), Some((decision, request)), false) =
-                (routing.as_mut(), routed, reset)
-            {
-                if routing.tracks(&decision, &request) {
-                    Self::record_write(routing, &mut server).await;
-                }
-            }
-            if state.expected.capacity() > 64 {
-                state.expected = VecDeque::new();
-            }
-            // A session that ends releases with the session-mode reset, so state never leaks.
-            server.release(reset).await;
-            self.client.set_state(Activity::Idle);
             match end {
                 Ok(RelayEnd::TransactionDone) => {}
                 other => return other,
             }
         }
+    }
+
+    /// One transaction of a transaction-pooled client: route it, check a server connection out,
+    /// relay until the transaction ends, record the client's write position, give the server
+    /// connection back. Returns how the relay ended and the client bytes not yet forwarded.
+    #[allow(clippy::too_many_arguments)]
+    async fn transaction(
+        &self,
+        stream: &mut Stream,
+        buf: BytesMut,
+        pool: &Arc<Pool>,
+        state: &mut ClientState,
+        routing: &mut Option<ClientRouting>,
+        cancel: &CancelGuard<'_>,
+        stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
+    ) -> (Result<RelayEnd, ClientError>, BytesMut) {
+        let (pool, routed) = match self.route(pool, &buf, state, routing.as_ref()).await {
+            Ok(routed) => routed,
+            Err(e) => return (Err(e), buf),
+        };
+        let mut server = match self.checkout(&pool, &state.settings).await {
+            Ok(server) => server,
+            Err(e) => return (Err(e), buf),
+        };
+        state.expected.clear();
+        let (end, rest) = self
+            .relay(stream, buf, &mut server, cancel, Some(state), stop_wait)
+            .await;
+        let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
+        if let (Some(routing), Some((decision, request)), false) = (routing.as_mut(), routed, reset)
+        {
+            if routing.tracks(&decision, &request) {
+                Self::record_write(routing, &mut server).await;
+            }
+        }
+        if state.expected.capacity() > 64 {
+            state.expected = VecDeque::new();
+        }
+        // A session that ends releases with the session-mode reset, so state never leaks.
+        server.release(reset).await;
+        self.client.set_state(Activity::Idle);
+        (end, rest)
     }
 
     /// Checks the database, user, startup parameters and password. Returns the settings to apply.

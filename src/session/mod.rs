@@ -59,6 +59,8 @@ pub struct Generation {
     /// Routing and error metrics per configured database, resolved once (record with
     /// `database_metrics[name].route(..)`).
     pub database_metrics: HashMap<String, Arc<DatabaseMetrics>>,
+    /// Routing settings per database and user, shared by their clients.
+    pub(crate) routing: routing::RoutingTable,
 }
 
 /// Why a configuration could not be turned into a running generation.
@@ -120,7 +122,6 @@ impl Generation {
             })
             .collect();
         Ok(Generation {
-            config,
             pools,
             auth,
             topology,
@@ -129,6 +130,8 @@ impl Generation {
             metrics,
             database_metrics,
             balancers,
+            routing: routing::RoutingTable::build(&config),
+            config,
         })
     }
 }
@@ -219,14 +222,15 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
     let _counted = global.client_connected();
     let limits = &generation.config.limits;
     let started = Instant::now();
-    let opening = tokio::time::timeout(
+    // Boxed, like the other one-off futures, so an idle client's task stays small.
+    let opening = Box::pin(tokio::time::timeout(
         limits.startup_timeout,
         startup::open(
             tcp,
             generation.client_tls.as_ref(),
             generation.config.client_tls.mode,
         ),
-    )
+    ))
     .await;
     let (mut stream, startup, buf) = match opening {
         Err(_) => {
@@ -238,7 +242,7 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             return;
         }
         Ok(Ok(startup::Opening::Cancel(key))) => {
-            shared.cancels.cancel(key).await;
+            Box::pin(shared.cancels.cancel(key)).await;
             return;
         }
         Ok(Ok(startup::Opening::Session {
@@ -285,7 +289,7 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
                 .get(&database)
                 .unwrap_or(generation.metrics.unknown_database());
             record_error(global, db_metrics, &e);
-            report(&mut stream, &e).await;
+            Box::pin(report(&mut stream, &e)).await;
         }
     }
 }

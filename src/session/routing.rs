@@ -2,6 +2,7 @@
 //! buffer needs (a write, or a read a replica may serve), which node gets it from the live
 //! topology, and the client's read-your-writes position (the WAL position of its last commit).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +17,51 @@ use crate::topology::Lsn;
 /// How often a write waiting for a primary looks at the topology again.
 const PRIMARY_POLL: Duration = Duration::from_millis(100);
 
+/// Routing settings and classifier configuration per database and user, built once per
+/// configuration so that clients share them instead of each holding a copy (the writing-function
+/// list alone is over a kilobyte).
+#[derive(Debug, Default)]
+pub(crate) struct RoutingTable {
+    by_database: HashMap<String, HashMap<String, UserRouting>>,
+}
+
+/// What the clients of one database and user share.
+type UserRouting = (Arc<RoutingSettings>, Arc<ClassifierConfig>);
+
+impl RoutingTable {
+    pub fn build(config: &crate::config::Config) -> RoutingTable {
+        let by_database = config
+            .databases
+            .iter()
+            .map(|db| {
+                let users = config
+                    .users
+                    .iter()
+                    .map(|user| {
+                        let settings = config.routing_settings(db, user);
+                        let classifier = router::classifier_config(&settings);
+                        (
+                            user.name.clone(),
+                            (Arc::new(settings), Arc::new(classifier)),
+                        )
+                    })
+                    .collect();
+                (db.name.clone(), users)
+            })
+            .collect();
+        RoutingTable { by_database }
+    }
+
+    fn get(&self, database: &str, user: &str) -> Option<&UserRouting> {
+        self.by_database.get(database)?.get(user)
+    }
+}
+
 /// One client's routing settings and read-your-writes state.
 #[derive(Debug)]
 pub(super) struct ClientRouting {
-    settings: RoutingSettings,
-    classifier: ClassifierConfig,
+    settings: Arc<RoutingSettings>,
+    classifier: Arc<ClassifierConfig>,
     balancer: Arc<Balancer>,
     /// Whether the database has replicas at all (else reads and writes both go to the primary
     /// and nothing needs tracking).
@@ -33,15 +74,13 @@ pub(super) struct ClientRouting {
 
 impl ClientRouting {
     pub fn new(generation: &Generation, database: &str, user: &str) -> Option<ClientRouting> {
-        let config = &generation.config;
-        let db = config.database(database)?;
-        let user = config.user(user)?;
-        let settings = config.routing_settings(db, user);
+        let db = generation.config.database(database)?;
+        let (settings, classifier) = generation.routing.get(database, user)?;
         let replicas = db.nodes.len() > 1;
         Some(ClientRouting {
-            classifier: router::classifier_config(&settings),
+            classifier: classifier.clone(),
             balancer: generation.balancers.get(database)?.clone(),
-            settings,
+            settings: settings.clone(),
             replicas,
             last_write: None,
             primary_until: None,
