@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cancel;
+mod deadline;
 mod client;
 mod console;
 mod error;
@@ -295,7 +296,7 @@ fn record_error(global: &GlobalMetrics, database: &DatabaseMetrics, error: &Clie
     match error {
         ClientError::AuthFailed { .. }
         | ClientError::Auth(crate::auth::AuthError::WrongPassword) => global.auth_failures.inc(),
-        ClientError::TooManyClients { .. } => global.client_limit_rejections.inc(),
+        ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => global.client_limit_rejections.inc(),
         _ => {}
     }
     if let Some(code) = error.fields().as_ref().and_then(|f| f.code()) {

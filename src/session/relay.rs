@@ -14,12 +14,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
 use super::pins::QueryEffects;
 use crate::net::Stream;
@@ -49,6 +51,10 @@ pub enum RelayEnd {
     Shutdown,
     /// Transaction pooling: the transaction ended and the server connection can go back.
     TransactionDone,
+    /// The client sent nothing inside a transaction for `idle_transaction_timeout`.
+    IdleInTransaction,
+    /// The client sent nothing between transactions for `client_idle_timeout`.
+    ClientIdle,
 }
 
 /// How the relay pools: session (never releases) or transaction (releases at each idle point).
@@ -101,6 +107,18 @@ struct Flight {
     pinned: Option<&'static str>,
     settings_changed: bool,
     statements_dropped: bool,
+    /// When the state last changed (a request started or was answered, an idle client sent
+    /// something); kept only when a timeout is set.
+    since: Option<Instant>,
+}
+
+impl Flight {
+    /// Notes a state change for the timeouts (a clock read only when one is set).
+    fn touch(&mut self) {
+        if let Some(since) = self.since.as_mut() {
+            *since = Instant::now();
+        }
+    }
 }
 
 /// Which end a pipe reads from.
@@ -419,6 +437,9 @@ fn note_request(
     flight: &mut Flight,
     policy: Policy,
 ) -> Option<StatementDrop> {
+    if flight.pending == 0 {
+        flight.touch();
+    }
     match tag {
         // Each of these is answered by exactly one ReadyForQuery.
         b'Q' | b'F' => flight.pending += 1,
@@ -466,6 +487,7 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight) -> Result<bool, ProtocolEr
     if tag == b'Z' {
         flight.status = backend::ready_for_query_status(body)?;
         flight.pending -= 1;
+        flight.touch();
         return Ok(flight.pending == 0
             && flight.status == TransactionStatus::Idle
             && !flight.unsynced
@@ -499,6 +521,8 @@ struct Relay<'a, 's, 'w, 'e> {
     stop: &'s CancellationToken,
     stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
     stop_registered: bool,
+    /// The timeouts' timer, when any is set.
+    deadlines: Option<Deadlines>,
 }
 
 impl Future for Relay<'_, '_, '_, '_> {
@@ -540,6 +564,7 @@ impl Future for Relay<'_, '_, '_, '_> {
                 &mut this.exchange,
             ) {
                 Poll::Ready(RelayEnd::TransactionDone) if !this.releasable() => continue,
+                Poll::Pending => return this.poll_deadlines(cx),
                 other => return other,
             }
         }
@@ -547,6 +572,20 @@ impl Future for Relay<'_, '_, '_, '_> {
 }
 
 impl Relay<'_, '_, '_, '_> {
+    /// With both directions waiting: whether a timeout ends the relay (a query timeout only
+    /// cancels the query; its error then flows like any other).
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let (Some(deadlines), Some(since)) = (self.deadlines.as_mut(), self.flight.since.as_mut())
+        else {
+            return Poll::Pending;
+        };
+        let status = self.flight.status;
+        match ready!(deadlines.poll(cx, since, self.flight.pending, status)) {
+            Expired::IdleInTransaction => Poll::Ready(RelayEnd::IdleInTransaction),
+            Expired::ClientIdle => Poll::Ready(RelayEnd::ClientIdle),
+        }
+    }
+
     /// At a release point, whether the connection is really free: no client message is partly
     /// forwarded and no server bytes wait behind the ReadyForQuery.
     fn releasable(&self) -> bool {
@@ -562,7 +601,7 @@ impl Relay<'_, '_, '_, '_> {
 /// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
 /// caller so a session can keep one registered across transactions). `client_buf` holds client
 /// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
-/// statements (transaction pooling).
+/// statements (transaction pooling). `timeouts` are enforced while relaying.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<'s>(
     client: &mut Stream,
@@ -574,7 +613,9 @@ pub async fn relay<'s>(
     exchange: Option<Exchange<'_>>,
     stop: &'s CancellationToken,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
+    timeouts: Timeouts,
 ) -> RelayOutcome {
+    let deadlines = Deadlines::new(timeouts);
     let mut relay = Relay {
         client,
         server,
@@ -588,14 +629,19 @@ pub async fn relay<'s>(
             pinned: None,
             settings_changed: false,
             statements_dropped: false,
+            since: deadlines.as_ref().map(|_| Instant::now()),
         },
         policy,
         exchange,
         stop,
         stop_wait,
         stop_registered: false,
+        deadlines,
     };
     let end = (&mut relay).await;
+    if let Some(deadlines) = relay.deadlines.as_mut() {
+        deadlines.finish().await;
+    }
     let owed = relay
         .exchange
         .as_ref()
