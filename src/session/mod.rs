@@ -8,6 +8,7 @@ mod deadline;
 mod client;
 mod console;
 mod error;
+pub mod limits;
 pub mod exchange;
 pub mod params;
 mod pins;
@@ -60,6 +61,9 @@ pub struct Generation {
     /// Routing and error metrics per configured database, resolved once (record with
     /// `database_metrics[name].route(..)`).
     pub database_metrics: HashMap<String, Arc<DatabaseMetrics>>,
+    /// Clients per database and user, for their `max_client_conn` (carried across reloads with
+    /// [`limits::ClientLimits::inherit`]).
+    pub client_limits: limits::ClientLimits,
 }
 
 /// Why a configuration could not be turned into a running generation.
@@ -120,7 +124,9 @@ impl Generation {
                 )
             })
             .collect();
+        let client_limits = limits::ClientLimits::build(&config);
         Ok(Generation {
+            client_limits,
             config,
             pools,
             auth,
@@ -256,10 +262,13 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
     let client = shared
         .registry
         .register(peer, &user, &database, &shared.stop);
+    let admitted = generation.client_limits.admit(&database, &user);
     let result = if connected > limits.max_client_conn {
         Err(ClientError::TooManyClients {
             max: limits.max_client_conn,
         })
+    } else if let Err(e) = admitted {
+        Err(e)
     } else {
         let session = client::Session {
             shared: &shared,
