@@ -105,7 +105,10 @@ fn check_limits(config: &Config, errors: &mut Errors) {
     }
     for (i, db) in config.databases.iter().enumerate() {
         if db.max_client_conn == Some(0) {
-            errors.push(format!("databases[{i}].max_client_conn"), "must be at least 1");
+            errors.push(
+                format!("databases[{i}].max_client_conn"),
+                "must be at least 1",
+            );
         }
     }
     if limits.max_message_size < MIN_MESSAGE_SIZE {

@@ -334,7 +334,8 @@ impl Pool {
         if self.settings.reserve_size == 0 {
             return regular.await.map(|p| (p, false));
         }
-        if let Ok(acquired) = tokio::time::timeout(self.settings.reserve_timeout, regular.as_mut()).await
+        if let Ok(acquired) =
+            tokio::time::timeout(self.settings.reserve_timeout, regular.as_mut()).await
         {
             return acquired.map(|p| (p, false));
         }

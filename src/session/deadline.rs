@@ -159,3 +159,59 @@ impl Deadlines {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `deadlines` until it fires, touching `since` at `touch_at` (after the start).
+    async fn fired_after(
+        deadlines: &mut Deadlines,
+        status: TransactionStatus,
+        touch_at: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        let mut since = start;
+        let mut touched = false;
+        std::future::poll_fn(|cx| {
+            if !touched && start.elapsed() >= touch_at {
+                since = Instant::now();
+                touched = true;
+            }
+            match deadlines.poll(cx, &mut since, 0, status) {
+                Poll::Ready(expired) => Poll::Ready(expired),
+                Poll::Pending if !touched => {
+                    // Wake again to touch on time.
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn fires_a_full_timeout_after_the_last_activity() {
+        let timeouts = Timeouts {
+            idle_transaction: Duration::from_millis(200),
+            client_idle: Duration::from_millis(400),
+            ..Timeouts::default()
+        };
+        let mut deadlines = Deadlines::new(timeouts.clone()).unwrap();
+        let took = fired_after(
+            &mut deadlines,
+            TransactionStatus::InTransaction,
+            Duration::from_millis(150),
+        )
+        .await;
+        assert!(took >= Duration::from_millis(350), "fired after {took:?}");
+        assert!(took < Duration::from_secs(2), "fired after {took:?}");
+
+        let mut deadlines = Deadlines::new(timeouts).unwrap();
+        let took = fired_after(&mut deadlines, TransactionStatus::Idle, Duration::ZERO).await;
+        assert!(took >= Duration::from_millis(400), "fired after {took:?}");
+        assert!(Deadlines::new(Timeouts::default()).is_none());
+    }
+}

@@ -4,12 +4,12 @@
 
 pub mod auth;
 pub mod cancel;
-mod deadline;
 mod client;
 mod console;
+mod deadline;
 mod error;
-pub mod limits;
 pub mod exchange;
+pub mod limits;
 pub mod params;
 mod pins;
 pub mod relay;
@@ -305,7 +305,9 @@ fn record_error(global: &GlobalMetrics, database: &DatabaseMetrics, error: &Clie
     match error {
         ClientError::AuthFailed { .. }
         | ClientError::Auth(crate::auth::AuthError::WrongPassword) => global.auth_failures.inc(),
-        ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => global.client_limit_rejections.inc(),
+        ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => {
+            global.client_limit_rejections.inc()
+        }
         _ => {}
     }
     if let Some(code) = error.fields().as_ref().and_then(|f| f.code()) {
