@@ -83,6 +83,13 @@ async fn query_timeout_cancels_the_query_in_both_modes() {
             took >= Duration::from_millis(950) && took < Duration::from_secs(4),
             "{mode}: cancelled after {took:?}"
         );
+        // The extended protocol too.
+        let err = conn
+            .client
+            .query("SELECT pg_sleep(20)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{mode}: {err}");
         // The session and its (only) server connection are fine afterwards.
         let row = conn.client.query_one("SELECT 1", &[]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), 1);

@@ -95,19 +95,19 @@ impl Deadlines {
     }
 
     /// Polls the timer. `since` is when the relay's state last changed (a request started or was
-    /// answered, or an idle client sent something); `pending` the requests awaiting ReadyForQuery.
+    /// answered, or an idle client sent something); `busy` whether a request awaits its answer.
     /// A query past its timeout is cancelled on the server (the relay goes on and forwards the
     /// server's error); an idle client past its timeout ends the relay.
     pub fn poll(
         &mut self,
         cx: &mut Context<'_>,
         since: &mut Instant,
-        pending: i64,
+        busy: bool,
         status: TransactionStatus,
     ) -> Poll<Expired> {
         while self.sleep.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let (limit, expired) = if pending > 0 {
+            let (limit, expired) = if busy {
                 (self.timeouts.query, None)
             } else if status != TransactionStatus::Idle {
                 (
@@ -178,7 +178,7 @@ mod tests {
                 since = Instant::now();
                 touched = true;
             }
-            match deadlines.poll(cx, &mut since, 0, status) {
+            match deadlines.poll(cx, &mut since, false, status) {
                 Poll::Ready(expired) => Poll::Ready(expired),
                 Poll::Pending if !touched => {
                     // Wake again to touch on time.

@@ -6,7 +6,7 @@ pub mod auth;
 pub mod cancel;
 mod client;
 mod console;
-mod deadline;
+pub mod deadline;
 mod error;
 pub mod exchange;
 pub mod limits;

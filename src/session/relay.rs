@@ -579,8 +579,9 @@ impl Relay<'_, '_, '_, '_> {
         else {
             return Poll::Pending;
         };
-        let status = self.flight.status;
-        match ready!(deadlines.poll(cx, since, self.flight.pending, status)) {
+        // Extended-protocol messages before their Sync count as a request in progress too.
+        let busy = self.flight.pending > 0 || self.flight.unsynced;
+        match ready!(deadlines.poll(cx, since, busy, self.flight.status)) {
             Expired::IdleInTransaction => Poll::Ready(RelayEnd::IdleInTransaction),
             Expired::ClientIdle => Poll::Ready(RelayEnd::ClientIdle),
         }
