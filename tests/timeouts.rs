@@ -298,6 +298,10 @@ databases:
     let err = proxy.connect("trustapp", "", "sluice").await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err}");
+    assert!(
+        message(&err).contains("did not answer within 300ms"),
+        "{err:?}"
+    );
     assert!(took < Duration::from_secs(3), "gave up after {took:?}");
     proxy.stop().await;
     hold.abort();
