@@ -460,6 +460,8 @@ pub struct UserConfig {
     pub server_password: Option<Secret>,
     pub pool: PoolOverrides,
     pub routing: RoutingOverrides,
+    /// Client connections of this user at once (all databases); unset = only the global limit.
+    pub max_client_conn: Option<usize>,
 }
 
 impl UserConfig {
@@ -547,6 +549,8 @@ pub struct DatabaseConfig {
     pub nodes: Vec<NodeConfig>,
     pub pool: PoolOverrides,
     pub routing: RoutingOverrides,
+    /// Client connections to this database at once (all users); unset = only the global limit.
+    pub max_client_conn: Option<usize>,
 }
 
 impl DatabaseConfig {

@@ -98,6 +98,19 @@ fn check_limits(config: &Config, errors: &mut Errors) {
     if limits.max_client_conn == 0 {
         errors.push("limits.max_client_conn", "must be at least 1");
     }
+    for (i, user) in config.users.iter().enumerate() {
+        if user.max_client_conn == Some(0) {
+            errors.push(format!("users[{i}].max_client_conn"), "must be at least 1");
+        }
+    }
+    for (i, db) in config.databases.iter().enumerate() {
+        if db.max_client_conn == Some(0) {
+            errors.push(
+                format!("databases[{i}].max_client_conn"),
+                "must be at least 1",
+            );
+        }
+    }
     if limits.max_message_size < MIN_MESSAGE_SIZE {
         errors.push(
             "limits.max_message_size",

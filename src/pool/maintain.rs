@@ -1,5 +1,6 @@
 //! Pool housekeeping on an interval: close idle connections past `server_idle_timeout` (above
-//! `min_size`) or past `server_lifetime`, and open connections up to `min_size`.
+//! `min_size`), past `server_lifetime`, or above `size` (reserve connections), and open
+//! connections up to `min_size`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -43,7 +44,9 @@ impl Pool {
                 let conn = &idle[i].conn;
                 let too_idle =
                     !idle_timeout.is_zero() && conn.idle_for() >= idle_timeout && open > min;
-                if self.expired(conn) || too_idle {
+                // Reserve connections handed back while others were out leave the pool above size.
+                let above_size = open > self.settings.size;
+                if self.expired(conn) || too_idle || above_size {
                     doomed.push(idle.remove(i));
                     open = open.saturating_sub(1);
                 } else {

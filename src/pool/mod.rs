@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 pub use set::{PoolKey, PoolSet};
 
@@ -89,6 +89,8 @@ pub struct Pool {
     settings: PoolSettings,
     connect: ConnectParams,
     permits: Arc<Semaphore>,
+    /// Slots beyond `size` (`reserve_size`), for clients that waited `reserve_timeout`.
+    reserve: Arc<Semaphore>,
     idle: Mutex<Vec<Member>>,
     open: Arc<AtomicUsize>,
     waiting: AtomicUsize,
@@ -130,6 +132,7 @@ impl Pool {
         Arc::new(Pool {
             name,
             permits: Arc::new(Semaphore::new(settings.size)),
+            reserve: Arc::new(Semaphore::new(settings.reserve_size)),
             settings,
             connect,
             idle: Mutex::new(Vec::new()),
@@ -165,7 +168,9 @@ impl Pool {
         PoolStats {
             open: self.open.load(Ordering::Relaxed),
             idle,
-            active: self.settings.size - self.permits.available_permits(),
+            active: self.settings.size - self.permits.available_permits()
+                + self.settings.reserve_size
+                - self.reserve.available_permits(),
             waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
@@ -248,7 +253,7 @@ impl Pool {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 self.metrics.checkout_wait.observe_zero();
-                permit
+                (permit, false)
             }
             Err(TryAcquireError::Closed) => {
                 return Err(PoolError::Closed {
@@ -257,6 +262,7 @@ impl Pool {
             }
             Err(TryAcquireError::NoPermits) => self.wait_for_slot().await?,
         };
+        let (permit, reserve) = permit;
         loop {
             let candidate = self.pop_idle(worker);
             let Some(mut member) = candidate else { break };
@@ -267,7 +273,7 @@ impl Pool {
                 tracing::debug!(pool = %self.name, "closing stale idle server connection");
                 continue;
             }
-            return Ok(PooledServer::new(member, permit, self.clone()));
+            return Ok(PooledServer::new(member, permit, reserve, self.clone()));
         }
         let conn = self
             .connect_counted(worker)
@@ -281,7 +287,7 @@ impl Pool {
             conn,
             _slot: OpenSlot::new(&self.open),
         };
-        Ok(PooledServer::new(member, permit, self.clone()))
+        Ok(PooledServer::new(member, permit, reserve, self.clone()))
     }
 
     /// Opens a server connection, counting the attempt in the metrics.
@@ -294,16 +300,14 @@ impl Pool {
         connected
     }
 
-    /// Waits in the FIFO queue for a slot, up to `checkout_timeout`.
-    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, PoolError> {
+    /// Waits in the FIFO queue for a slot, up to `checkout_timeout`; after `reserve_timeout` a reserve
+    /// slot will do too. Returns the slot and whether it is a reserve one.
+    async fn wait_for_slot(&self) -> Result<(OwnedSemaphorePermit, bool), PoolError> {
         let started = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         self.metrics.clients_waiting.inc();
-        let acquired = tokio::time::timeout(
-            self.settings.checkout_timeout,
-            self.permits.clone().acquire_owned(),
-        )
-        .await;
+        let acquired =
+            tokio::time::timeout(self.settings.checkout_timeout, self.acquire_slot()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         self.metrics.clients_waiting.dec();
         self.metrics.checkout_wait.observe_since(started);
@@ -323,9 +327,29 @@ impl Pool {
         }
     }
 
+    /// A regular slot; with a reserve, after `reserve_timeout` whichever of a regular or a reserve
+    /// slot frees first (true if reserve).
+    async fn acquire_slot(&self) -> Result<(OwnedSemaphorePermit, bool), AcquireError> {
+        let mut regular = std::pin::pin!(self.permits.clone().acquire_owned());
+        if self.settings.reserve_size == 0 {
+            return regular.await.map(|p| (p, false));
+        }
+        if let Ok(acquired) =
+            tokio::time::timeout(self.settings.reserve_timeout, regular.as_mut()).await
+        {
+            return acquired.map(|p| (p, false));
+        }
+        tracing::info!(pool = %self.name, "client waited reserve_timeout: a reserve connection may open");
+        tokio::select! {
+            acquired = regular => acquired.map(|p| (p, false)),
+            acquired = self.reserve.clone().acquire_owned() => acquired.map(|p| (p, true)),
+        }
+    }
+
     /// Stops handing out connections: waiters and later checkouts fail with [`PoolError::Closed`].
     pub fn close(&self) {
         self.permits.close();
+        self.reserve.close();
     }
 
     /// Closes every idle connection (shutdown, node down).
@@ -367,15 +391,18 @@ pub struct PooledServer {
     member: Option<Member>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+    /// Checked out under a reserve slot: closed on release while the pool is above `size`.
+    reserve: bool,
 }
 
 impl PooledServer {
-    fn new(member: Member, permit: OwnedSemaphorePermit, pool: Arc<Pool>) -> Self {
+    fn new(member: Member, permit: OwnedSemaphorePermit, reserve: bool, pool: Arc<Pool>) -> Self {
         pool.metrics.server_active.inc();
         PooledServer {
             member: Some(member),
             pool,
             _permit: permit,
+            reserve,
         }
     }
 
@@ -442,6 +469,11 @@ impl PooledServer {
             return;
         }
         if self.pool.expired(&conn) {
+            conn.close().await;
+            return;
+        }
+        if self.reserve && self.pool.open.load(Ordering::Relaxed) > self.pool.settings.size {
+            tracing::debug!(pool = %self.pool.name, "closing reserve server connection");
             conn.close().await;
             return;
         }

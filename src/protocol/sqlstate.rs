@@ -2,6 +2,10 @@
 
 /// 00000: success (used in notices).
 pub const SUCCESSFUL_COMPLETION: &str = "00000";
+/// 01000: warning (used in the proxy's own notices).
+pub const WARNING: &str = "01000";
+/// 57P05: a client idle longer than allowed was disconnected.
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// 08P01: the peer broke the wire protocol.
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// 08006: a server connection failed.

@@ -75,9 +75,17 @@ impl CancelRegistry {
             tracing::debug!("cancel request with unknown or idle key ignored");
             return;
         };
-        let node = target.pool.connect_params();
-        match server::send_cancel(&node.host, node.port, target.server_key, CANCEL_TIMEOUT).await {
-            Ok(()) => tracing::info!(pool = %target.pool.name(), "forwarded cancel request"),
+        target.send().await;
+    }
+}
+
+impl CancelTarget {
+    /// Sends a CancelRequest for this server connection to its node, waiting until the node has
+    /// taken it (closed the connection), at most a few seconds. Failures are logged.
+    pub async fn send(&self) {
+        let node = self.pool.connect_params();
+        match server::send_cancel(&node.host, node.port, self.server_key, CANCEL_TIMEOUT).await {
+            Ok(()) => tracing::info!(pool = %self.pool.name(), "forwarded cancel request"),
             Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
         }
     }

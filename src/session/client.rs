@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::cancel::{CancelGuard, CancelTarget};
+use super::deadline::Timeouts;
 use super::exchange::{Exchange, Expect};
 use super::relay::{self, Policy, RelayEnd, RelayMetrics, RelayOutcome};
 use super::routing::ClientRouting;
@@ -21,7 +22,8 @@ use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
 use crate::net::{Stream, WorkerId};
 use crate::pool::{Pool, PooledServer};
-use crate::protocol::backend::{self, TransactionStatus};
+use crate::protocol::backend::{self, ErrorFields, TransactionStatus};
+use crate::protocol::sqlstate;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::Framer;
 use crate::router::{self, Intent};
@@ -38,6 +40,14 @@ const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads back the settings a client changed with SET/RESET/set_config: whatever the session set.
 const SESSION_SETTINGS_SQL: &str = "SELECT name, setting FROM pg_settings WHERE source = 'session'";
+
+/// Sleeps for `timeout`, or forever when it is zero (no timer at all then).
+async fn idle_deadline(timeout: Duration) {
+    if timeout.is_zero() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(timeout).await;
+}
 
 /// What a transaction-pooled client carries from one server connection to the next.
 #[derive(Debug, Default)]
@@ -93,7 +103,7 @@ impl<'a> Session<'a> {
             .map_err(ClientError::Io)?;
 
         let pool = self.pool()?;
-        let mut server = Box::pin(self.checkout(&pool, &settings)).await?;
+        let mut server = Box::pin(self.checkout(stream, &pool, &settings)).await?;
         let cancel = self.shared.cancels.issue();
         let mut out = BytesMut::new();
         for (name, value) in server.conn().params() {
@@ -142,6 +152,7 @@ impl<'a> Session<'a> {
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
         let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
+        let idle_timeout = pool.settings().client_idle_timeout;
         loop {
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
@@ -149,6 +160,7 @@ impl<'a> Session<'a> {
                 tokio::select! {
                     ready = stream.readable() => ready.map_err(ClientError::Io)?,
                     _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
+                    _ = idle_deadline(idle_timeout) => return Err(ClientError::ClientIdleTimeout),
                 }
                 buf.reserve(IDLE_READ);
                 let read = tokio::select! {
@@ -211,7 +223,7 @@ impl<'a> Session<'a> {
             Ok(routed) => routed,
             Err(e) => return (Err(e), buf),
         };
-        let mut server = match self.checkout(&pool, &state.settings).await {
+        let mut server = match self.checkout(stream, &pool, &state.settings).await {
             Ok(server) => server,
             Err(e) => return (Err(e), buf),
         };
@@ -299,11 +311,12 @@ impl<'a> Session<'a> {
     /// unknown time zone) fails like it would on Postgres; the connection itself goes back.
     async fn checkout(
         &self,
+        stream: &mut Stream,
         pool: &Arc<Pool>,
         settings: &[(String, String)],
     ) -> Result<PooledServer, ClientError> {
         self.client.request();
-        let mut server = pool.checkout(self.worker).await?;
+        let mut server = self.checkout_noticed(stream, pool).await?;
         self.client.set_state(Activity::Active);
         let conn = server.conn();
         if let Some(sql) = params::sync_statements(settings, conn.applied_settings(), conn.params())
@@ -317,6 +330,44 @@ impl<'a> Session<'a> {
             server.conn().set_applied_settings(settings.to_vec());
         }
         Ok(server)
+    }
+
+    /// Checks a connection out of `pool`; a client still waiting after `checkout_notice_after` is
+    /// told so once with a NOTICE and keeps waiting (up to `checkout_timeout`). A free connection
+    /// costs no timer.
+    async fn checkout_noticed(
+        &self,
+        stream: &mut Stream,
+        pool: &Arc<Pool>,
+    ) -> Result<PooledServer, ClientError> {
+        let notice_after = pool.settings().checkout_notice_after;
+        let mut checkout = std::pin::pin!(pool.checkout(self.worker));
+        if notice_after.is_zero() {
+            return Ok(checkout.await?);
+        }
+        tokio::select! {
+            biased;
+            server = checkout.as_mut() => return Ok(server?),
+            _ = std::future::ready(()) => {}
+        }
+        tokio::select! {
+            biased;
+            server = checkout.as_mut() => return Ok(server?),
+            _ = tokio::time::sleep(notice_after) => {}
+        }
+        let message = format!(
+            "waiting for a server connection in pool {} (all {} in use)",
+            pool.name(),
+            pool.settings().size
+        );
+        tracing::info!(peer = %self.peer, pool = %pool.name(), "client waiting for a server connection past checkout_notice_after");
+        let mut out = BytesMut::new();
+        backend::encode_notice(
+            &ErrorFields::new("NOTICE", sqlstate::WARNING, &message),
+            &mut out,
+        );
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        Ok(checkout.await?)
     }
 
     /// Picks the pool for the work at the front of `buf`: by routing (transaction pooling with
@@ -430,10 +481,12 @@ impl<'a> Session<'a> {
         mut state: Option<&mut ClientState>,
         stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
-        cancel.set_target(Some(CancelTarget {
+        let target = CancelTarget {
             pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
-        }));
+        };
+        let timeouts = Timeouts::from_settings(server.pool().settings(), Some(target.clone()));
+        cancel.set_target(Some(target));
         let capacity = server.pool().settings().server_prepared_statements;
         let (pool, conn) = server.parts();
         let metrics = RelayMetrics {
@@ -467,6 +520,7 @@ impl<'a> Session<'a> {
             metrics,
             self.client.stop_token(),
             stop_wait,
+            timeouts,
         )
         .await;
         cancel.set_target(None);
@@ -491,6 +545,10 @@ impl<'a> Session<'a> {
             RelayEnd::ServerProtocol(e) => Err(ClientError::ServerProtocol(e)),
             RelayEnd::ClientProtocol(e) => Err(ClientError::Protocol(e)),
             RelayEnd::Shutdown => Err(ClientError::ShuttingDown),
+            RelayEnd::IdleInTransaction => Err(ClientError::IdleInTransactionTimeout {
+                pool: server.pool().name().to_string(),
+            }),
+            RelayEnd::ClientIdle => Err(ClientError::ClientIdleTimeout),
             end => Ok(end),
         };
         (result, outcome.client_buf)

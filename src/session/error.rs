@@ -47,6 +47,16 @@ pub enum ClientError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Server(ServerError),
+    #[error("idle-in-transaction timeout (pool {pool})")]
+    IdleInTransactionTimeout { pool: String },
+    #[error("client idle timeout")]
+    ClientIdleTimeout,
+    #[error("too many client connections for {what} \"{name}\" (max_client_conn is {max})")]
+    TooManyClientsFor {
+        what: &'static str,
+        name: String,
+        max: usize,
+    },
     #[error("server connection lost")]
     ServerLost,
     #[error("server sent a malformed message: {0}")]
@@ -96,7 +106,13 @@ impl ClientError {
             ClientError::AuthFailed { .. } => sqlstate::INVALID_PASSWORD,
             ClientError::Auth(AuthError::WrongPassword) => sqlstate::INVALID_PASSWORD,
             ClientError::Auth(_) => sqlstate::PROTOCOL_VIOLATION,
-            ClientError::TooManyClients { .. } => sqlstate::TOO_MANY_CONNECTIONS,
+            ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => {
+                sqlstate::TOO_MANY_CONNECTIONS
+            }
+            ClientError::IdleInTransactionTimeout { .. } => {
+                sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+            }
+            ClientError::ClientIdleTimeout => sqlstate::IDLE_SESSION_TIMEOUT,
             ClientError::Params(ParamError::Replication) => sqlstate::FEATURE_NOT_SUPPORTED,
             ClientError::Params(_) => sqlstate::PROTOCOL_VIOLATION,
             ClientError::Route(_) => sqlstate::CONNECTION_FAILURE,

@@ -6,8 +6,10 @@ pub mod auth;
 pub mod cancel;
 mod client;
 mod console;
+pub mod deadline;
 mod error;
 pub mod exchange;
+pub mod limits;
 pub mod params;
 mod pins;
 pub mod relay;
@@ -61,6 +63,9 @@ pub struct Generation {
     pub database_metrics: HashMap<String, Arc<DatabaseMetrics>>,
     /// Routing settings per database and user, shared by their clients.
     pub(crate) routing: routing::RoutingTable,
+    /// Clients per database and user, for their `max_client_conn` (carried across reloads with
+    /// [`limits::ClientLimits::inherit`]).
+    pub client_limits: limits::ClientLimits,
 }
 
 /// Why a configuration could not be turned into a running generation.
@@ -121,7 +126,12 @@ impl Generation {
                 )
             })
             .collect();
+        let client_limits = limits::ClientLimits::build(&config);
+        let routing = routing::RoutingTable::build(&config);
         Ok(Generation {
+            client_limits,
+            routing,
+            config,
             pools,
             auth,
             topology,
@@ -130,8 +140,6 @@ impl Generation {
             metrics,
             database_metrics,
             balancers,
-            routing: routing::RoutingTable::build(&config),
-            config,
         })
     }
 }
@@ -259,10 +267,13 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
     let client = shared
         .registry
         .register(peer, &user, &database, &shared.stop);
+    let admitted = generation.client_limits.admit(&database, &user);
     let result = if connected > limits.max_client_conn {
         Err(ClientError::TooManyClients {
             max: limits.max_client_conn,
         })
+    } else if let Err(e) = admitted {
+        Err(e)
     } else {
         let session = client::Session {
             shared: &shared,
@@ -299,7 +310,9 @@ fn record_error(global: &GlobalMetrics, database: &DatabaseMetrics, error: &Clie
     match error {
         ClientError::AuthFailed { .. }
         | ClientError::Auth(crate::auth::AuthError::WrongPassword) => global.auth_failures.inc(),
-        ClientError::TooManyClients { .. } => global.client_limit_rejections.inc(),
+        ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => {
+            global.client_limit_rejections.inc()
+        }
         _ => {}
     }
     if let Some(code) = error.fields().as_ref().and_then(|f| f.code()) {

@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
 use super::pins::QueryEffects;
 use crate::metrics::{DatabaseMetrics, PoolMetrics};
@@ -51,6 +52,10 @@ pub enum RelayEnd {
     Shutdown,
     /// Transaction pooling: the transaction ended and the server connection can go back.
     TransactionDone,
+    /// The client sent nothing inside a transaction for `idle_transaction_timeout`.
+    IdleInTransaction,
+    /// The client sent nothing between transactions for `client_idle_timeout`.
+    ClientIdle,
 }
 
 /// How the relay pools: session (never releases) or transaction (releases at each idle point).
@@ -119,9 +124,19 @@ struct Flight<'m> {
     /// Bytes written to the server and to the client since the last flush to `metrics`.
     bytes_to_server: u64,
     bytes_to_client: u64,
+    /// When the state last changed (a request started or was answered, an idle client sent
+    /// something); kept only when a timeout is set.
+    since: Option<Instant>,
 }
 
 impl Flight<'_> {
+    /// Notes a state change for the timeouts (a clock read only when one is set).
+    fn touch(&mut self) {
+        if let Some(since) = self.since.as_mut() {
+            *since = Instant::now();
+        }
+    }
+
     /// A request message arrived: starts the query (and transaction) clocks if they are stopped.
     #[inline]
     fn request_started(&mut self) {
@@ -493,6 +508,9 @@ fn note_request(
     flight: &mut Flight<'_>,
     policy: Policy,
 ) -> Option<StatementDrop> {
+    if flight.pending == 0 {
+        flight.touch();
+    }
     match tag {
         // Each of these is answered by exactly one ReadyForQuery.
         b'Q' | b'F' => {
@@ -548,6 +566,7 @@ fn observe(tag: u8, body: &[u8], flight: &mut Flight<'_>) -> Result<bool, Protoc
         flight.status = backend::ready_for_query_status(body)?;
         flight.pending -= 1;
         flight.request_answered();
+        flight.touch();
         return Ok(flight.pending == 0
             && flight.status == TransactionStatus::Idle
             && !flight.unsynced
@@ -589,6 +608,8 @@ struct Relay<'a, 's, 'w, 'e> {
     stop: &'s CancellationToken,
     stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
     stop_registered: bool,
+    /// The timeouts' timer, when any is set.
+    deadlines: Option<Deadlines>,
 }
 
 impl Future for Relay<'_, '_, '_, '_> {
@@ -630,6 +651,7 @@ impl Future for Relay<'_, '_, '_, '_> {
                 &mut this.exchange,
             ) {
                 Poll::Ready(RelayEnd::TransactionDone) if !this.releasable() => continue,
+                Poll::Pending => return this.poll_deadlines(cx),
                 other => return other,
             }
         }
@@ -637,6 +659,21 @@ impl Future for Relay<'_, '_, '_, '_> {
 }
 
 impl Relay<'_, '_, '_, '_> {
+    /// With both directions waiting: whether a timeout ends the relay (a query timeout only
+    /// cancels the query; its error then flows like any other).
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let (Some(deadlines), Some(since)) = (self.deadlines.as_mut(), self.flight.since.as_mut())
+        else {
+            return Poll::Pending;
+        };
+        // Extended-protocol messages before their Sync count as a request in progress too.
+        let busy = self.flight.pending > 0 || self.flight.unsynced;
+        match ready!(deadlines.poll(cx, since, busy, self.flight.status)) {
+            Expired::IdleInTransaction => Poll::Ready(RelayEnd::IdleInTransaction),
+            Expired::ClientIdle => Poll::Ready(RelayEnd::ClientIdle),
+        }
+    }
+
     /// At a release point, whether the connection is really free: no client message is partly
     /// forwarded and no server bytes wait behind the ReadyForQuery.
     fn releasable(&self) -> bool {
@@ -652,7 +689,7 @@ impl Relay<'_, '_, '_, '_> {
 /// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
 /// caller so a session can keep one registered across transactions). `client_buf` holds client
 /// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
-/// statements (transaction pooling).
+/// statements (transaction pooling). `timeouts` are enforced while relaying.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<'s>(
     client: &mut Stream,
@@ -665,7 +702,9 @@ pub async fn relay<'s>(
     metrics: RelayMetrics<'_>,
     stop: &'s CancellationToken,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
+    timeouts: Timeouts,
 ) -> RelayOutcome {
+    let deadlines = Deadlines::new(timeouts);
     let mut relay = Relay {
         client,
         server,
@@ -684,15 +723,20 @@ pub async fn relay<'s>(
             transaction_start: None,
             bytes_to_server: 0,
             bytes_to_client: 0,
+            since: deadlines.as_ref().map(|_| Instant::now()),
         },
         policy,
         exchange,
         stop,
         stop_wait,
         stop_registered: false,
+        deadlines,
     };
     let end = (&mut relay).await;
     relay.flight.flush_bytes();
+    if let Some(deadlines) = relay.deadlines.as_mut() {
+        deadlines.finish().await;
+    }
     let owed = relay
         .exchange
         .as_ref()
