@@ -112,7 +112,8 @@ impl App {
     /// Replaces the configuration: new sessions use the new one; sessions already running keep the
     /// generation they started with until they end. A config that cannot be built changes nothing.
     pub fn reload(&self, config: Config) -> Result<(), AppError> {
-        let generation = Generation::build_with_metrics(config, self.metrics.clone())?;
+        let mut generation = Generation::build_with_metrics(config, self.metrics.clone())?;
+        generation.keep_consistency_keys(&self.shared.generation.load());
         self.shared.generation.store(Arc::new(generation));
         self.start_generation_tasks();
         tracing::info!("configuration reloaded");

@@ -14,11 +14,13 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::cancel::{CancelGuard, CancelTarget};
 use super::exchange::{Exchange, Expect};
 use super::relay::{self, Policy, RelayEnd, RelayOutcome};
-use super::routing::ClientRouting;
+use super::retry::READ_ONLY_SQLSTATE;
+use super::routing::{metric_labels, ClientRouting, Retry};
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
 use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
+use crate::metrics::{RouteReason, RouteTarget};
 use crate::net::{Stream, WorkerId};
 use crate::pool::{Pool, PooledServer};
 use crate::protocol::backend::{self, TransactionStatus};
@@ -49,6 +51,9 @@ struct ClientState {
     statements: ClientStatements,
     /// Responses owed while relaying (empty between transactions).
     expected: VecDeque<Expect>,
+    /// The transaction being relayed is a replica-routed simple query the relay should hold for
+    /// a 25006 retry on the primary.
+    retry_read_only: bool,
 }
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
@@ -137,6 +142,8 @@ impl<'a> Session<'a> {
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
         let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
+        // Set after a replica refused a query with 25006: it goes again, to the primary.
+        let mut retrying = false;
         loop {
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
@@ -170,8 +177,31 @@ impl<'a> Session<'a> {
                 stream.write_all(&out).await.map_err(ClientError::Io)?;
                 continue;
             }
-            let (pool, routed) = self.route(pool, &buf, state, routing.as_ref()).await?;
+            if let Some(command) = routing.as_mut().and_then(|r| r.key_command(&buf)) {
+                // `SET pgsluice.consistency_key`: the proxy's own setting, answered here.
+                let _ = buf.split_to(command.consumed);
+                let mut out = BytesMut::with_capacity(32);
+                backend::encode_command_complete(command.tag, &mut out);
+                backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+                stream.write_all(&out).await.map_err(ClientError::Io)?;
+                continue;
+            }
+            let primary_only = std::mem::take(&mut retrying);
+            let (pool, routed) = self
+                .route(pool, &buf, state, routing.as_mut(), primary_only)
+                .await?;
+            let retry = match (routing.as_ref(), routed.as_ref()) {
+                (Some(routing), Some((decision, _))) => routing.retry(&buf, decision),
+                _ => None,
+            };
+            state.retry_read_only = retry.is_some();
             let mut server = self.checkout(&pool, &state.settings).await?;
+            let tracked = match (routing.as_mut(), &routed) {
+                (Some(routing), Some((decision, request))) => {
+                    routing.start_write(decision, request)
+                }
+                _ => false,
+            };
             state.expected.clear();
             let (end, rest) = self
                 .relay(
@@ -184,11 +214,17 @@ impl<'a> Session<'a> {
                 )
                 .await;
             buf = rest;
+            if let (Ok(RelayEnd::ReadOnlyRetry), Some(retry)) = (&end, retry) {
+                buf = self.read_only_refused(retry, buf);
+                retrying = true;
+                server.release(false).await;
+                continue;
+            }
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
-            if let (Some(routing), Some((decision, request)), false) =
-                (routing.as_mut(), routed, reset)
-            {
-                if routing.tracks(&decision, &request) {
+            if let (Some(routing), true) = (routing.as_mut(), tracked) {
+                if reset {
+                    routing.abandoned();
+                } else {
                     Self::record_write(routing, &mut server).await;
                 }
             }
@@ -253,6 +289,8 @@ impl<'a> Session<'a> {
             .get(self.database)
             .ok_or_else(unknown)?;
         let node = router::route(self.database, &snapshot.load(), Intent::ReadWrite)?;
+        self.metrics()
+            .route(RouteTarget::Primary, RouteReason::Default);
         let pool = self.generation.pools.get(self.database, self.user, node);
         pool.cloned().ok_or_else(unknown)
     }
@@ -281,22 +319,56 @@ impl<'a> Session<'a> {
         Ok(server)
     }
 
+    /// This database's metrics.
+    fn metrics(&self) -> &crate::metrics::DatabaseMetrics {
+        self.generation
+            .database_metrics
+            .get(self.database)
+            .map_or(self.generation.metrics.unknown_database(), |m| m)
+    }
+
+    /// A replica refused the client's query with 25006 before anything reached the client:
+    /// counts and logs it, and returns the client bytes with the query in front again.
+    fn read_only_refused(&self, retry: Retry, rest: BytesMut) -> BytesMut {
+        self.metrics().error(READ_ONLY_SQLSTATE);
+        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
+            "a replica refused a query as read-only (25006); retrying it on the primary");
+        let mut buf = BytesMut::with_capacity(retry.query.len() + rest.len());
+        buf.extend_from_slice(&retry.query);
+        buf.extend_from_slice(&rest);
+        buf
+    }
+
     /// Picks the pool for the work at the front of `buf`: by routing (transaction pooling with
-    /// replicas), else `primary`. Also returns the decision, to track the client's writes.
+    /// replicas; the primary when `primary_only`), else `primary`. Counts the decision. Also
+    /// returns the decision, to track the client's writes.
     async fn route(
         &self,
         primary: &Arc<Pool>,
         buf: &[u8],
         state: &ClientState,
-        routing: Option<&ClientRouting>,
+        routing: Option<&mut ClientRouting>,
+        primary_only: bool,
     ) -> Result<(Arc<Pool>, Option<(Decision, Request)>), ClientError> {
         let Some(routing) = routing else {
+            self.metrics()
+                .route(RouteTarget::Primary, RouteReason::Default);
             return Ok((primary.clone(), None));
         };
-        let request = routing.request(buf, &state.statements);
+        let mut request = routing.request(buf, &state.statements);
+        if primary_only {
+            request.intent = Intent::Write;
+        }
         let decision = routing
             .route(self.generation, self.database, &request)
             .await?;
+        let (target, reason) = metric_labels(&decision);
+        let reason = if primary_only {
+            RouteReason::Other
+        } else {
+            reason
+        };
+        self.metrics().route(target, reason);
         let pool = self
             .generation
             .pools
@@ -402,6 +474,7 @@ impl<'a> Session<'a> {
         let policy = Policy {
             transaction_pooling: state.is_some(),
             effects: pins::query_effects,
+            retry_read_only: state.as_ref().is_some_and(|s| s.retry_read_only),
         };
         let (server_stream, prepared) = conn.parts_mut();
         prepared.set_capacity(capacity);
