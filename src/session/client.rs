@@ -55,6 +55,16 @@ struct ClientState {
     /// a 25006 retry on the primary.
     retry_read_only: bool,
 }
+/// A server connection checked out for the client's next transaction, and what routing needs
+/// to know after it.
+struct Opened {
+    server: PooledServer,
+    /// The query to send again on the primary if the replica refuses it (25006).
+    retry: Option<Retry>,
+    /// The transaction is a write whose position must be recorded (read-your-writes).
+    tracked: bool,
+}
+
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
@@ -187,21 +197,13 @@ impl<'a> Session<'a> {
                 continue;
             }
             let primary_only = std::mem::take(&mut retrying);
-            let (pool, routed) = self
-                .route(pool, &buf, state, routing.as_mut(), primary_only)
+            let Opened {
+                mut server,
+                retry,
+                tracked,
+            } = self
+                .open(pool, &buf, state, routing.as_mut(), primary_only)
                 .await?;
-            let retry = match (routing.as_ref(), routed.as_ref()) {
-                (Some(routing), Some((decision, _))) => routing.retry(&buf, decision),
-                _ => None,
-            };
-            state.retry_read_only = retry.is_some();
-            let mut server = self.checkout(&pool, &state.settings).await?;
-            let tracked = match (routing.as_mut(), &routed) {
-                (Some(routing), Some((decision, request))) => {
-                    routing.start_write(decision, request)
-                }
-                _ => false,
-            };
             state.expected.clear();
             let (end, rest) = self
                 .relay(
@@ -317,6 +319,49 @@ impl<'a> Session<'a> {
             server.conn().set_applied_settings(settings.to_vec());
         }
         Ok(server)
+    }
+
+    /// Routes the work at the front of `buf` and checks out a server connection on the chosen
+    /// node. A replica that cannot be connected to (stopped, and not yet marked down by the
+    /// health checks) hands the work to the primary instead, so its clients see no error.
+    async fn open(
+        &self,
+        pool: &Arc<Pool>,
+        buf: &[u8],
+        state: &mut ClientState,
+        mut routing: Option<&mut ClientRouting>,
+        primary_only: bool,
+    ) -> Result<Opened, ClientError> {
+        let (chosen, mut routed) = self
+            .route(pool, buf, state, routing.as_deref_mut(), primary_only)
+            .await?;
+        let server = match self.checkout(&chosen, &state.settings).await {
+            Err(ClientError::Pool(e @ crate::pool::PoolError::Connect { .. }))
+                if routed.as_ref().is_some_and(|(d, _)| d.replica) =>
+            {
+                tracing::info!(peer = %self.peer, database = %self.database, error = %e,
+                    "replica unreachable; sending the read to the primary");
+                let (primary, rerouted) = self
+                    .route(pool, buf, state, routing.as_deref_mut(), true)
+                    .await?;
+                routed = rerouted;
+                self.checkout(&primary, &state.settings).await?
+            }
+            other => other?,
+        };
+        let (retry, tracked) = match (routing, &routed) {
+            (Some(routing), Some((decision, request))) => (
+                routing.retry(buf, decision),
+                routing.start_write(decision, request),
+            ),
+            _ => (None, false),
+        };
+        state.retry_read_only = retry.is_some();
+        Ok(Opened {
+            server,
+            retry,
+            tracked,
+        })
     }
 
     /// This database's metrics.
