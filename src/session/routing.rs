@@ -3,6 +3,7 @@
 //! topology, and the client's read-your-writes position (the WAL position of its last commit,
 //! and that of its consistency key, shared by every connection presenting the same key).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,13 @@ pub(super) struct ClientRouting {
     tx_key: Option<Box<str>>,
     /// A write under `tx_key` was announced to the keys and must be ended.
     key_writing: bool,
+    /// Intents of the named statements this client executed, by proxy-wide statement id: a
+    /// prepared statement is classified once (with this client's settings), not per Bind.
+    prepared: HashMap<u64, (Intent, Reason)>,
 }
+
+/// Statement intents a client remembers before starting over.
+const PREPARED_INTENTS: usize = 512;
 
 /// A `SET`/`RESET pgsluice.consistency_key` query string the session answers itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,6 +86,7 @@ impl ClientRouting {
             session_key: None,
             tx_key: None,
             key_writing: false,
+            prepared: HashMap::new(),
         })
     }
 
@@ -170,26 +178,30 @@ impl ClientRouting {
         }
     }
 
-    fn intent(&self, buf: &[u8], statements: &ClientStatements) -> Option<(Intent, Reason)> {
+    fn intent(&mut self, buf: &[u8], statements: &ClientStatements) -> Option<(Intent, Reason)> {
         if buf.first() == Some(&b'B') {
             let body = message_body(buf)?;
             let cstr = |b: &[u8]| b.iter().position(|c| *c == 0);
             let after = body.get(cstr(body)? + 1..)?;
             let name = after.get(..cstr(after)?)?;
             let statement = statements.get(name)?;
-            return Some(if statement.read_only {
-                (Intent::Read, Reason::Read)
-            } else {
-                (Intent::Write, Reason::Write)
-            });
+            if let Some(decided) = self.prepared.get(&statement.id) {
+                return Some(*decided);
+            }
+            let decided = self.decide(front_sql(statement.parse_message())?.1);
+            if self.prepared.len() >= PREPARED_INTENTS {
+                self.prepared.clear();
+            }
+            self.prepared.insert(statement.id, decided);
+            return Some(decided);
         }
-        let (_, sql, _) = front_sql(buf)?;
+        Some(self.decide(front_sql(buf)?.1))
+    }
+
+    /// The intent of a query string under this client's settings.
+    fn decide(&self, sql: &str) -> (Intent, Reason) {
         let classification = classify(sql, &self.classifier);
-        Some(router::intent_for(
-            &classification,
-            &self.settings,
-            TxStart::Idle,
-        ))
+        router::intent_for(&classification, &self.settings, TxStart::Idle)
     }
 
     /// Picks the node for `request`; a write waits up to `write_wait` for a usable primary
@@ -321,3 +333,7 @@ pub(super) fn metric_labels(decision: &Decision) -> (RouteTarget, RouteReason) {
     };
     (target, reason)
 }
+
+#[cfg(test)]
+#[path = "tests_routing.rs"]
+mod tests;
