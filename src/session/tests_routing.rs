@@ -169,3 +169,15 @@ fn routing_reasons_map_to_metric_labels() {
         (RouteTarget::Primary, RouteReason::Fallback)
     );
 }
+
+#[test]
+fn a_reload_keeps_the_keys_when_the_capacity_stays() {
+    let old = build("");
+    old.consistency_keys["db"].record("k", Lsn(7));
+    let mut same = build("");
+    same.keep_consistency_keys(&old);
+    assert_eq!(same.consistency_keys["db"].get("k"), Some(Lsn(7)));
+    let mut resized = build("routing: { consistency_keys_capacity: 10 }\n");
+    resized.keep_consistency_keys(&old);
+    assert_eq!(resized.consistency_keys["db"].get("k"), None);
+}
