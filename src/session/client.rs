@@ -187,13 +187,7 @@ impl<'a> Session<'a> {
                 stream.write_all(&out).await.map_err(ClientError::Io)?;
                 continue;
             }
-            if let Some(command) = routing.as_mut().and_then(|r| r.key_command(&buf)) {
-                // `SET pgsluice.consistency_key`: the proxy's own setting, answered here.
-                let _ = buf.split_to(command.consumed);
-                let mut out = BytesMut::with_capacity(32);
-                backend::encode_command_complete(command.tag, &mut out);
-                backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
-                stream.write_all(&out).await.map_err(ClientError::Io)?;
+            if Self::answer_key_command(stream, &mut buf, routing.as_mut()).await? {
                 continue;
             }
             let primary_only = std::mem::take(&mut retrying);
@@ -223,12 +217,10 @@ impl<'a> Session<'a> {
                 continue;
             }
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
-            if let (Some(routing), true) = (routing.as_mut(), tracked) {
-                if reset {
-                    routing.abandoned();
-                } else {
-                    Self::record_write(routing, &mut server).await;
-                }
+            match (routing.as_mut(), tracked, reset) {
+                (Some(routing), true, true) => routing.abandoned(),
+                (Some(routing), true, false) => Self::record_write(routing, &mut server).await,
+                _ => {}
             }
             if state.expected.capacity() > 64 {
                 state.expected = VecDeque::new();
@@ -362,6 +354,24 @@ impl<'a> Session<'a> {
             retry,
             tracked,
         })
+    }
+
+    /// Answers `SET`/`RESET pgsluice.consistency_key` (the proxy's own setting) at the front
+    /// of `buf` without a server. True if it did.
+    async fn answer_key_command(
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        routing: Option<&mut ClientRouting>,
+    ) -> Result<bool, ClientError> {
+        let Some(command) = routing.and_then(|r| r.key_command(buf)) else {
+            return Ok(false);
+        };
+        let _ = buf.split_to(command.consumed);
+        let mut out = BytesMut::with_capacity(32);
+        backend::encode_command_complete(command.tag, &mut out);
+        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        Ok(true)
     }
 
     /// This database's metrics.
