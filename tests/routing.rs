@@ -1,7 +1,9 @@
 //! Read/write routing through the proxy on a real primary and streaming replica: reads go to the
 //! replica and writes to the primary; with replay paused on the replica, a client still reads its
 //! own writes (read-your-writes by LSN) while other clients keep reading the replica, and with
-//! read-your-writes off the same client misses its write (so the test can fail).
+//! read-your-writes off the same client misses its write (so the test can fail). Consistency
+//! keys carry the guarantee across connections; a read a replica refuses with 25006 is retried
+//! on the primary; routing decisions are counted.
 
 mod common;
 
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use common::start_proxy;
 use pgsluice::devcluster::{roles, ClusterSpec, DevCluster};
+use pgsluice::metrics::{ErrorClass, RouteReason, RouteTarget};
 use tokio::task::block_in_place;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -101,4 +104,148 @@ async fn reads_go_to_replicas_and_clients_read_their_own_writes() {
         drop((writer, reader));
         proxy.stop().await;
     }
+}
+
+fn start_cluster() -> DevCluster {
+    block_in_place(|| {
+        DevCluster::start(&ClusterSpec {
+            replicas: 1,
+            ..ClusterSpec::default()
+        })
+    })
+    .expect("devcluster starts")
+}
+
+/// Routing decisions counted for `sluice` with this target and reason.
+fn routes(proxy: &common::Proxy, target: RouteTarget, reason: RouteReason) -> u64 {
+    proxy
+        .app
+        .metrics()
+        .database("sluice")
+        .routes(target, reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_keys_carry_read_your_writes_across_connections() {
+    let cluster = start_cluster();
+    let proxy = start_proxy(&yaml(&cluster, "lsn")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let writer = proxy.app_client().await;
+    let keyed = proxy.app_client().await;
+    let unkeyed = proxy.app_client().await;
+    let hinted = proxy.app_client().await;
+    writer
+        .batch_execute(
+            "DROP TABLE IF EXISTS keyed; CREATE TABLE keyed(n int); INSERT INTO keyed VALUES (0)",
+        )
+        .await
+        .unwrap();
+    // Answered by the proxy (CommandComplete "SET"), never seen by Postgres.
+    for client in [&writer, &keyed] {
+        let done = client
+            .simple_query("SET pgsluice.consistency_key = 'user:42'")
+            .await
+            .unwrap();
+        assert!(matches!(
+            done.first(),
+            Some(SimpleQueryMessage::CommandComplete(0))
+        ));
+    }
+    block_in_place(|| cluster.wait_replicas_caught_up()).unwrap();
+    block_in_place(|| cluster.pause_replay(&cluster.replicas()[0])).unwrap();
+    let (mut stale_unkeyed, mut stale_hinted) = (0, 0);
+    for n in 1..=20 {
+        writer
+            .batch_execute(&format!("UPDATE keyed SET n = {n}"))
+            .await
+            .unwrap();
+        let want = n.to_string();
+        assert_eq!(
+            value(&keyed, "SELECT n FROM keyed").await,
+            want,
+            "same key, other connection"
+        );
+        if value(&hinted, "/* pgsluice:key=user:42 */ SELECT n FROM keyed").await != want {
+            stale_hinted += 1;
+        }
+        if value(&unkeyed, "SELECT n FROM keyed").await != want {
+            stale_unkeyed += 1;
+        }
+    }
+    assert_eq!(stale_hinted, 0, "a key comment carries the guarantee too");
+    assert!(
+        stale_unkeyed > 0,
+        "without the key the paused replica's stale reads show"
+    );
+    block_in_place(|| cluster.resume_replay(&cluster.replicas()[0])).unwrap();
+    // Once the replica replayed the key's last commit, keyed reads go back to it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while value(&keyed, "SELECT pg_is_in_recovery()").await != "t" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keyed reads return to the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // RESET forgets the key: reads no longer wait for the key's writes.
+    keyed
+        .batch_execute("RESET pgsluice.consistency_key")
+        .await
+        .unwrap();
+    assert!(routes(&proxy, RouteTarget::Primary, RouteReason::ReadYourWrites) >= 20);
+    assert!(routes(&proxy, RouteTarget::Replica, RouteReason::Read) >= 20);
+    assert!(routes(&proxy, RouteTarget::Primary, RouteReason::Write) >= 21);
+    drop((writer, keyed, unkeyed, hinted));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_a_replica_refuses_as_read_only_is_retried_on_the_primary() {
+    let cluster = start_cluster();
+    let proxy = start_proxy(&yaml(&cluster, "lsn")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = proxy.app_client().await;
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS written; CREATE TABLE written(n int);
+             CREATE OR REPLACE FUNCTION my_writer() RETURNS int LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO written VALUES (1); RETURN 1; END $$",
+        )
+        .await
+        .unwrap();
+    block_in_place(|| cluster.wait_replicas_caught_up()).unwrap();
+    // Until the health check sees the replica caught up, the client's reads stay on the
+    // primary (read-your-writes).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = proxy.app.metrics().database("sluice");
+    let refused_before = metrics.errors(ErrorClass::TransactionState);
+    // Classified as a read (my_writer is not a known writing function): the replica refuses it
+    // with 25006 before anything reached the client, so the proxy runs it on the primary.
+    for round in 1..=2 {
+        assert_eq!(value(&client, "SELECT my_writer()").await, "1");
+        assert_eq!(
+            metrics.errors(ErrorClass::TransactionState),
+            refused_before + round
+        );
+        assert_eq!(
+            routes(&proxy, RouteTarget::Primary, RouteReason::Other),
+            round
+        );
+        // The retried write is the client's own: its next reads wait for the replica to replay
+        // it; let it, so the next round reads the replica again.
+        block_in_place(|| cluster.wait_replicas_caught_up()).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(value(&client, "SELECT count(*) FROM written").await, "2");
+    // In an explicit transaction the error is the client's to see.
+    let error = client
+        .batch_execute("BEGIN READ ONLY; SELECT my_writer(); COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&error).as_deref(), Some("25006"));
+    // The rest of that query string was skipped, so the failed transaction is still open.
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(value(&client, "SELECT 7").await, "7");
+    drop(client);
+    proxy.stop().await;
 }

@@ -114,6 +114,7 @@ impl App {
     pub fn reload(&self, config: Config) -> Result<(), AppError> {
         let mut generation = Generation::build_with_metrics(config, self.metrics.clone())?;
         (generation.client_limits).inherit(&self.shared.generation.load().client_limits);
+        generation.keep_consistency_keys(&self.shared.generation.load());
         self.shared.generation.store(Arc::new(generation));
         self.start_generation_tasks();
         tracing::info!("configuration reloaded");

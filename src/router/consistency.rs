@@ -18,6 +18,11 @@ pub const MAX_KEY_LEN: usize = 256;
 /// Keys live in two generations: when the current one holds half the capacity it becomes the
 /// previous one and the old previous one is dropped, so the keys written least recently go
 /// first. Lookups and updates of existing keys take a shared lock only (plus a map shard).
+///
+/// A write under a key is announced with [`ConsistencyKeys::begin_write`] before it runs and
+/// closed with [`ConsistencyKeys::end_write`] once its commit LSN is known: in between, reads
+/// under the key see [`WRITE_IN_FLIGHT`] (no replica qualifies: they go to the primary), because the writer's
+/// client may hear of its commit before the proxy has learned the commit's LSN.
 #[derive(Debug)]
 pub struct ConsistencyKeys {
     capacity: usize,
@@ -25,11 +30,31 @@ pub struct ConsistencyKeys {
     maps: RwLock<Generations>,
 }
 
+/// What is known about one key.
+#[derive(Clone, Copy, Debug)]
+struct KeyState {
+    lsn: Lsn,
+    /// Writes under the key begun and not ended.
+    writing: u32,
+}
+
+impl Default for KeyState {
+    fn default() -> KeyState {
+        KeyState {
+            lsn: Lsn(0),
+            writing: 0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Generations {
-    current: DashMap<Box<str>, Lsn>,
-    previous: DashMap<Box<str>, Lsn>,
+    current: DashMap<Box<str>, KeyState>,
+    previous: DashMap<Box<str>, KeyState>,
 }
+
+/// The position reads under a key with a write in flight must wait for: none qualifies.
+pub const WRITE_IN_FLIGHT: Lsn = Lsn(u64::MAX);
 
 impl ConsistencyKeys {
     /// A map for about `capacity` keys; 0 remembers nothing.
@@ -58,17 +83,52 @@ impl ConsistencyKeys {
     /// Remembers that `lsn` was committed under `key`, keeping the highest LSN seen. Allocates
     /// only for a key not in the current generation.
     pub fn record(&self, key: &str, lsn: Lsn) {
+        self.update(key, |state| state.lsn = state.lsn.max(lsn));
+    }
+
+    /// Announces a write under `key` whose commit LSN is not known yet; every call must be
+    /// matched by one [`ConsistencyKeys::end_write`].
+    pub fn begin_write(&self, key: &str) {
+        self.update(key, |state| state.writing = state.writing.saturating_add(1));
+    }
+
+    /// Ends a write begun under `key`, recording its commit LSN when known (`None`: it did not
+    /// commit, or its position could not be read).
+    pub fn end_write(&self, key: &str, lsn: Option<Lsn>) {
+        self.update(key, |state| {
+            state.writing = state.writing.saturating_sub(1);
+            if let Some(lsn) = lsn {
+                state.lsn = state.lsn.max(lsn);
+            }
+        });
+    }
+
+    /// The highest LSN recorded under `key` ([`WRITE_IN_FLIGHT`] while a write under it runs),
+    /// unless it was evicted.
+    pub fn get(&self, key: &str) -> Option<Lsn> {
+        let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
+        let state = maps.current.get(key).map(|v| *v);
+        let state = state.or_else(|| maps.previous.get(key).map(|v| *v))?;
+        Some(if state.writing > 0 {
+            WRITE_IN_FLIGHT
+        } else {
+            state.lsn
+        })
+    }
+
+    /// Applies `change` to `key`'s state, creating it (from the previous generation's) if needed.
+    fn update(&self, key: &str, change: impl Fn(&mut KeyState)) {
         if self.capacity == 0 || key.is_empty() || key.len() > MAX_KEY_LEN {
             return;
         }
         {
             let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(mut known) = maps.current.get_mut(key) {
-                *known = (*known).max(lsn);
+                change(&mut known);
                 return;
             }
             if maps.current.len() < self.generation {
-                insert(&maps, key, lsn);
+                insert(&maps, key, change);
                 return;
             }
         }
@@ -76,24 +136,23 @@ impl ConsistencyKeys {
         if maps.current.len() >= self.generation {
             maps.previous = std::mem::take(&mut maps.current);
         }
-        insert(&maps, key, lsn);
-    }
-
-    /// The highest LSN recorded under `key`, unless it was evicted.
-    pub fn get(&self, key: &str) -> Option<Lsn> {
-        let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
-        let lsn = maps.current.get(key).map(|v| *v);
-        lsn.or_else(|| maps.previous.get(key).map(|v| *v))
+        insert(&maps, key, change);
     }
 }
 
-/// Puts `key` in the current generation with the max of `lsn` and what the previous one had.
-fn insert(maps: &Generations, key: &str, lsn: Lsn) {
-    let lsn = maps.previous.get(key).map_or(lsn, |old| lsn.max(*old));
+/// Puts `key` in the current generation, starting from what the previous one had.
+fn insert(maps: &Generations, key: &str, change: impl Fn(&mut KeyState)) {
+    let mut state = maps
+        .previous
+        .get(key)
+        .map_or(KeyState::default(), |old| *old);
     maps.current
         .entry(key.into())
-        .and_modify(|v| *v = (*v).max(lsn))
-        .or_insert(lsn);
+        .and_modify(|v| change(v))
+        .or_insert_with(|| {
+            change(&mut state);
+            state
+        });
 }
 
 /// A consistency-key instruction found in a query string.

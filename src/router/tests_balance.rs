@@ -147,6 +147,27 @@ fn consistency_keys_evict_the_least_recently_written() {
 }
 
 #[test]
+fn consistency_keys_hide_a_write_in_flight() {
+    let keys = ConsistencyKeys::new(8);
+    keys.record("k", Lsn(10));
+    keys.begin_write("k");
+    keys.begin_write("k");
+    assert_eq!(keys.get("k"), Some(consistency::WRITE_IN_FLIGHT));
+    keys.end_write("k", Some(Lsn(20)));
+    assert_eq!(keys.get("k"), Some(consistency::WRITE_IN_FLIGHT));
+    keys.end_write("k", None);
+    assert_eq!(keys.get("k"), Some(Lsn(20)));
+    // A write begun on a key not seen before, across a generation change.
+    let keys = ConsistencyKeys::new(2);
+    keys.begin_write("new");
+    keys.record("other", Lsn(1));
+    keys.end_write("new", Some(Lsn(5)));
+    assert_eq!(keys.get("new"), Some(Lsn(5)));
+    keys.end_write("never", None);
+    assert_eq!(keys.get("never"), Some(Lsn(0)));
+}
+
+#[test]
 fn consistency_keys_ignore_bad_keys_and_zero_capacity() {
     let off = ConsistencyKeys::new(0);
     off.record("k", Lsn(1));

@@ -15,11 +15,12 @@ use super::cancel::{CancelGuard, CancelTarget};
 use super::deadline::Timeouts;
 use super::exchange::{Exchange, Expect};
 use super::relay::{self, Policy, RelayEnd, RelayMetrics, RelayOutcome};
-use super::routing::ClientRouting;
+use super::routing::{metric_labels, ClientRouting, Retry};
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
 use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
+use crate::metrics::{RouteReason, RouteTarget};
 use crate::net::{Stream, WorkerId};
 use crate::pool::{Pool, PooledServer};
 use crate::protocol::backend::{self, ErrorFields, TransactionStatus};
@@ -59,7 +60,20 @@ struct ClientState {
     statements: ClientStatements,
     /// Responses owed while relaying (empty between transactions).
     expected: VecDeque<Expect>,
+    /// The transaction being relayed is a replica-routed simple query the relay should hold for
+    /// a 25006 retry on the primary.
+    retry_read_only: bool,
 }
+/// A server connection checked out for the client's next transaction, and what routing needs
+/// to know after it.
+struct Opened {
+    server: PooledServer,
+    /// The query to send again on the primary if the replica refuses it (25006).
+    retry: Option<Retry>,
+    /// The transaction is a write whose position must be recorded (read-your-writes).
+    tracked: bool,
+}
+
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
@@ -153,6 +167,8 @@ impl<'a> Session<'a> {
         // One registration for the whole session, not one per transaction.
         let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
         let idle_timeout = pool.settings().client_idle_timeout;
+        // Set after a replica refused a query with 25006: it goes again, to the primary.
+        let mut retrying = false;
         loop {
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
@@ -187,6 +203,10 @@ impl<'a> Session<'a> {
                 stream.write_all(&out).await.map_err(ClientError::Io)?;
                 continue;
             }
+            if Self::answer_key_command(stream, &mut buf, routing.as_mut()).await? {
+                continue;
+            }
+            let primary_only = std::mem::take(&mut retrying);
             let (end, rest) = Box::pin(self.transaction(
                 stream,
                 buf,
@@ -195,9 +215,14 @@ impl<'a> Session<'a> {
                 routing,
                 cancel,
                 stop_wait.as_mut(),
+                primary_only,
             ))
             .await;
             buf = rest;
+            if let Ok(RelayEnd::ReadOnlyRetry) = end {
+                retrying = true;
+                continue;
+            }
             match end {
                 Ok(RelayEnd::TransactionDone) => {}
                 other => return other,
@@ -218,25 +243,33 @@ impl<'a> Session<'a> {
         routing: &mut Option<ClientRouting>,
         cancel: &CancelGuard<'_>,
         stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
+        primary_only: bool,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
-        let (pool, routed) = match self.route(pool, &buf, state, routing.as_ref()).await {
-            Ok(routed) => routed,
-            Err(e) => return (Err(e), buf),
-        };
-        let mut server = match self.checkout(stream, &pool, &state.settings).await {
-            Ok(server) => server,
+        let opened = self
+            .open(stream, pool, &buf, state, routing.as_mut(), primary_only)
+            .await;
+        let Opened {
+            mut server,
+            retry,
+            tracked,
+        } = match opened {
+            Ok(opened) => opened,
             Err(e) => return (Err(e), buf),
         };
         state.expected.clear();
         let (end, rest) = self
             .relay(stream, buf, &mut server, cancel, Some(state), stop_wait)
             .await;
+        if let (Ok(RelayEnd::ReadOnlyRetry), Some(retry)) = (&end, retry) {
+            let buf = self.read_only_refused(retry, rest);
+            server.release(false).await;
+            return (end, buf);
+        }
         let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
-        if let (Some(routing), Some((decision, request)), false) = (routing.as_mut(), routed, reset)
-        {
-            if routing.tracks(&decision, &request) {
-                Self::record_write(routing, &mut server).await;
-            }
+        match (routing.as_mut(), tracked, reset) {
+            (Some(routing), true, true) => routing.abandoned(),
+            (Some(routing), true, false) => Self::record_write(routing, &mut server).await,
+            _ => {}
         }
         if state.expected.capacity() > 64 {
             state.expected = VecDeque::new();
@@ -303,6 +336,8 @@ impl<'a> Session<'a> {
             .get(self.database)
             .ok_or_else(unknown)?;
         let node = router::route(self.database, &snapshot.load(), Intent::ReadWrite)?;
+        self.database_metrics()
+            .route(RouteTarget::Primary, RouteReason::Default);
         let pool = self.generation.pools.get(self.database, self.user, node);
         pool.cloned().ok_or_else(unknown)
     }
@@ -370,22 +405,110 @@ impl<'a> Session<'a> {
         Ok(checkout.await?)
     }
 
+    /// Routes the work at the front of `buf` and checks out a server connection on the chosen
+    /// node. A replica that cannot be connected to (stopped, and not yet marked down by the
+    /// health checks) hands the work to the primary instead, so its clients see no error.
+    async fn open(
+        &self,
+        stream: &mut Stream,
+        pool: &Arc<Pool>,
+        buf: &[u8],
+        state: &mut ClientState,
+        mut routing: Option<&mut ClientRouting>,
+        primary_only: bool,
+    ) -> Result<Opened, ClientError> {
+        let (chosen, mut routed) = self
+            .route(pool, buf, state, routing.as_deref_mut(), primary_only)
+            .await?;
+        let server = match self.checkout(stream, &chosen, &state.settings).await {
+            Err(ClientError::Pool(e @ crate::pool::PoolError::Connect { .. }))
+                if routed.as_ref().is_some_and(|(d, _)| d.replica) =>
+            {
+                tracing::info!(peer = %self.peer, database = %self.database, error = %e,
+                    "replica unreachable; sending the read to the primary");
+                let (primary, rerouted) = self
+                    .route(pool, buf, state, routing.as_deref_mut(), true)
+                    .await?;
+                routed = rerouted;
+                self.checkout(stream, &primary, &state.settings).await?
+            }
+            other => other?,
+        };
+        let (retry, tracked) = match (routing, &routed) {
+            (Some(routing), Some((decision, request))) => (
+                routing.retry(buf, decision),
+                routing.start_write(decision, request),
+            ),
+            _ => (None, false),
+        };
+        state.retry_read_only = retry.is_some();
+        Ok(Opened {
+            server,
+            retry,
+            tracked,
+        })
+    }
+
+    /// Answers `SET`/`RESET pgsluice.consistency_key` (the proxy's own setting) at the front
+    /// of `buf` without a server. True if it did.
+    async fn answer_key_command(
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        routing: Option<&mut ClientRouting>,
+    ) -> Result<bool, ClientError> {
+        let Some(command) = routing.and_then(|r| r.key_command(buf)) else {
+            return Ok(false);
+        };
+        let _ = buf.split_to(command.consumed);
+        let mut out = BytesMut::with_capacity(32);
+        backend::encode_command_complete(command.tag, &mut out);
+        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        Ok(true)
+    }
+
+    /// A replica refused the client's query with 25006 before anything reached the client (the
+    /// relay counted the error): logs it, and returns the client bytes with the query in front
+    /// again.
+    fn read_only_refused(&self, retry: Retry, rest: BytesMut) -> BytesMut {
+        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
+            "a replica refused a query as read-only (25006); retrying it on the primary");
+        let mut buf = BytesMut::with_capacity(retry.query.len() + rest.len());
+        buf.extend_from_slice(&retry.query);
+        buf.extend_from_slice(&rest);
+        buf
+    }
+
     /// Picks the pool for the work at the front of `buf`: by routing (transaction pooling with
-    /// replicas), else `primary`. Also returns the decision, to track the client's writes.
+    /// replicas; the primary when `primary_only`), else `primary`. Counts the decision. Also
+    /// returns the decision, to track the client's writes.
     async fn route(
         &self,
         primary: &Arc<Pool>,
         buf: &[u8],
         state: &ClientState,
-        routing: Option<&ClientRouting>,
+        routing: Option<&mut ClientRouting>,
+        primary_only: bool,
     ) -> Result<(Arc<Pool>, Option<(Decision, Request)>), ClientError> {
         let Some(routing) = routing else {
+            self.database_metrics()
+                .route(RouteTarget::Primary, RouteReason::Default);
             return Ok((primary.clone(), None));
         };
-        let request = routing.request(buf, &state.statements);
+        let mut request = routing.request(buf, &state.statements);
+        if primary_only {
+            request.intent = Intent::Write;
+        }
         let decision = routing
             .route(self.generation, self.database, &request)
             .await?;
+        let (target, reason) = metric_labels(&decision);
+        let reason = if primary_only {
+            RouteReason::Other
+        } else {
+            reason
+        };
+        self.database_metrics().route(target, reason);
         let pool = self
             .generation
             .pools
@@ -497,6 +620,7 @@ impl<'a> Session<'a> {
         let policy = Policy {
             transaction_pooling: state.is_some(),
             effects: pins::query_effects,
+            retry_read_only: state.as_ref().is_some_and(|s| s.retry_read_only),
         };
         let (server_stream, prepared) = conn.parts_mut();
         prepared.set_capacity(capacity);

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod params;
 mod pins;
 pub mod relay;
+mod retry;
 mod routing;
 pub mod startup;
 pub mod statements;
@@ -54,6 +55,10 @@ pub struct Generation {
     pub topology: HashMap<String, TopologyHandle>,
     /// Read balancing state per database.
     pub balancers: HashMap<String, Arc<crate::router::Balancer>>,
+    /// Consistency key → last commit LSN per database, shared by all its sessions (none when
+    /// `routing.consistency_keys_capacity` is 0). A reload keeps them (see
+    /// [`Generation::keep_consistency_keys`]).
+    pub consistency_keys: HashMap<String, Arc<crate::router::ConsistencyKeys>>,
     pub client_tls: Option<ClientTlsAcceptor>,
     pub server_tls: ServerTlsConnector,
     /// The process's metrics registry (the same one across reloads).
@@ -126,11 +131,22 @@ impl Generation {
                 )
             })
             .collect();
+        let capacity = config.routing.consistency_keys_capacity;
+        let consistency_keys = config
+            .databases
+            .iter()
+            .filter(|_| capacity > 0)
+            .map(|db| {
+                let keys = crate::router::ConsistencyKeys::new(capacity);
+                (db.name.clone(), Arc::new(keys))
+            })
+            .collect();
         let client_limits = limits::ClientLimits::build(&config);
         let routing = routing::RoutingTable::build(&config);
         Ok(Generation {
             client_limits,
             routing,
+            consistency_keys,
             config,
             pools,
             auth,
@@ -141,6 +157,20 @@ impl Generation {
             database_metrics,
             balancers,
         })
+    }
+}
+
+impl Generation {
+    /// Takes over the consistency keys of `old` for databases of the same name when the
+    /// capacity did not change, so a reload does not forget where keys' writes are.
+    pub fn keep_consistency_keys(&mut self, old: &Generation) {
+        for (name, keys) in self.consistency_keys.iter_mut() {
+            if let Some(previous) = old.consistency_keys.get(name) {
+                if previous.capacity() == keys.capacity() {
+                    *keys = previous.clone();
+                }
+            }
+        }
     }
 }
 

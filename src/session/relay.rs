@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
 use super::pins::QueryEffects;
+use super::retry::{Hold, HoldStep};
 use crate::metrics::{DatabaseMetrics, PoolMetrics};
 use crate::net::Stream;
 use crate::protocol::backend::{self, TransactionStatus};
@@ -56,6 +57,9 @@ pub enum RelayEnd {
     IdleInTransaction,
     /// The client sent nothing between transactions for `client_idle_timeout`.
     ClientIdle,
+    /// `Policy::retry_read_only`: the replica refused the client's only request with 25006
+    /// before anything reached the client; the server is idle and the request can be retried.
+    ReadOnlyRetry,
 }
 
 /// How the relay pools: session (never releases) or transaction (releases at each idle point).
@@ -65,14 +69,17 @@ pub struct Policy {
     /// What a simple query does to session state: pins the client (and why), changes settings,
     /// drops named statements.
     pub effects: fn(&str) -> QueryEffects,
+    /// Hold the server's first messages until the client's only request is known not to have
+    /// failed with 25006 (see [`super::retry`]); set only for replica-routed simple queries.
+    pub retry_read_only: bool,
 }
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Policy(transaction_pooling: {})",
-            self.transaction_pooling
+            "Policy(transaction_pooling: {}, retry_read_only: {})",
+            self.transaction_pooling, self.retry_read_only
         )
     }
 }
@@ -127,6 +134,8 @@ struct Flight<'m> {
     /// When the state last changed (a request started or was answered, an idle client sent
     /// something); kept only when a timeout is set.
     since: Option<Instant>,
+    /// Client messages seen, counted only under `Policy::retry_read_only`.
+    client_messages: u32,
 }
 
 impl Flight<'_> {
@@ -215,6 +224,8 @@ struct Pipe {
     need_flush: bool,
     read_size: usize,
     max_message_size: usize,
+    /// Server messages held back for a possible 25006 retry (`Policy::retry_read_only`).
+    hold: Option<Hold>,
 }
 
 impl Pipe {
@@ -233,6 +244,7 @@ impl Pipe {
             need_flush: false,
             read_size,
             max_message_size,
+            hold: None,
         }
     }
 
@@ -350,6 +362,7 @@ impl Pipe {
         while self.stop.is_none() {
             if let Some(exchange) = exchange.as_mut() {
                 if self.source == Source::Server && exchange.owes() && !self.pass.in_message() {
+                    self.release_hold();
                     self.divert();
                     exchange.owed(&mut self.out);
                 }
@@ -375,6 +388,7 @@ impl Pipe {
                 Source::Server => {
                     matches!(header.tag, b'Z' | b'S' | b'E')
                         || (rewriting && matches!(header.tag, b'1' | b'3'))
+                        || self.hold.is_some()
                 }
             };
             if needs_whole && available < frame_len {
@@ -404,6 +418,21 @@ impl Pipe {
                             self.drop_message(frame_len);
                             continue;
                         }
+                    }
+                    if self.hold.is_some() {
+                        if self.held(header.tag, frame_len, flight)? {
+                            continue;
+                        }
+                        // Held messages went out ahead: the message moved in the buffer.
+                        let frame = &self.buf[self.ready..self.ready + available];
+                        if observe(header.tag, &frame[5..], flight)?
+                            && policy.transaction_pooling
+                            && !owed(exchange)
+                        {
+                            self.stop = Some(RelayEnd::TransactionDone);
+                        }
+                        self.clear(available);
+                        continue;
                     }
                     let owed = exchange.as_ref().is_some_and(|e| !e.expected.is_empty());
                     if observe(header.tag, body, flight)? && policy.transaction_pooling && !owed {
@@ -461,6 +490,48 @@ impl Pipe {
         true
     }
 
+    /// Under `Policy::retry_read_only`, holds or releases the whole server message at the scan
+    /// position. True if it was consumed (held, or dropped for a retry).
+    fn held(
+        &mut self,
+        tag: u8,
+        frame_len: usize,
+        flight: &mut Flight,
+    ) -> Result<bool, ProtocolError> {
+        let Some(mut hold) = self.hold.take() else {
+            return Ok(false);
+        };
+        let frame = &self.buf[self.ready..self.ready + frame_len];
+        let body = &frame[5..];
+        match hold.step(tag, body) {
+            HoldStep::Keep => {
+                observe(tag, body, flight)?;
+                hold.buf.extend_from_slice(frame);
+                self.hold = Some(hold);
+            }
+            HoldStep::Retry if flight.client_messages == 1 => {
+                observe(tag, body, flight)?;
+                self.stop = Some(RelayEnd::ReadOnlyRetry);
+            }
+            HoldStep::Retry | HoldStep::Release => {
+                self.hold = Some(hold);
+                self.release_hold();
+                return Ok(false);
+            }
+        }
+        self.divert();
+        self.drop_message(frame_len);
+        Ok(true)
+    }
+
+    /// Stops holding: what was held goes out first.
+    fn release_hold(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            self.divert();
+            self.out.extend_from_slice(&hold.buf);
+        }
+    }
+
     /// Clears the next `n` scanned bytes for forwarding, in place or (when earlier output was
     /// rewritten) after it.
     fn clear(&mut self, n: usize) {
@@ -511,6 +582,9 @@ fn note_request(
     if flight.pending == 0 {
         flight.touch();
     }
+    if policy.retry_read_only {
+        flight.client_messages += 1;
+    }
     match tag {
         // Each of these is answered by exactly one ReadyForQuery.
         b'Q' | b'F' => {
@@ -558,6 +632,11 @@ fn note_request(
         return Some(StatementDrop::All);
     }
     effects.deallocate.map(StatementDrop::Named)
+}
+
+/// Whether the statement exchange still owes the client responses.
+fn owed(exchange: &Option<Exchange<'_>>) -> bool {
+    exchange.as_ref().is_some_and(|e| !e.expected.is_empty())
 }
 
 /// Records what a server message says; true at a release point (idle, nothing owed, not pinned).
@@ -705,11 +784,15 @@ pub async fn relay<'s>(
     timeouts: Timeouts,
 ) -> RelayOutcome {
     let deadlines = Deadlines::new(timeouts);
+    let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
+    if policy.retry_read_only {
+        downstream.hold = Some(Hold::default());
+    }
     let mut relay = Relay {
         client,
         server,
         upstream: Pipe::new(Source::Client, client_buf, max_message_size),
-        downstream: Pipe::new(Source::Server, server_buf, usize::MAX),
+        downstream,
         flight: Flight {
             pending: 0,
             status: TransactionStatus::Idle,
@@ -724,6 +807,7 @@ pub async fn relay<'s>(
             bytes_to_server: 0,
             bytes_to_client: 0,
             since: deadlines.as_ref().map(|_| Instant::now()),
+            client_messages: 0,
         },
         policy,
         exchange,
