@@ -167,17 +167,11 @@ impl App {
         }
     }
 
-    /// Binds every configured listener.
+    /// Binds every configured listener (with SO_REUSEPORT when `listen.reuse_port` is set).
     pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, AppError> {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
-            let bound = TcpListener::bind(&listener.address)
-                .await
-                .map_err(|source| AppError::Bind {
-                    address: listener.address.clone(),
-                    source,
-                })?;
-            listeners.push(bound);
+            listeners.push(listen(&listener.address, config.listen.reuse_port)?);
         }
         Ok(listeners)
     }
@@ -187,13 +181,7 @@ impl App {
         let Some(address) = &config.http.listen else {
             return Ok(None);
         };
-        let bound = TcpListener::bind(address)
-            .await
-            .map_err(|source| AppError::Bind {
-                address: address.clone(),
-                source,
-            })?;
-        Ok(Some(bound))
+        listen(address, config.listen.reuse_port).map(Some)
     }
 
     /// Serves `/metrics`, `/live`, `/ready` and `/status` on `listener` (nothing when `None`) until
@@ -234,6 +222,7 @@ impl App {
         self.lifecycle.listening.store(true, Ordering::Relaxed);
         self.control_until_shutdown(&shutdown).await;
         self.lifecycle.draining.store(true, Ordering::Relaxed);
+        self.shared.draining.cancel();
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);
         sessions.close();
@@ -267,6 +256,37 @@ impl App {
     }
 }
 
+/// How many connections a listener queues before the kernel refuses more.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Opens a listening socket on `address` (SO_REUSEADDR, and SO_REUSEPORT when `reuse_port`).
+fn listen(address: &str, reuse_port: bool) -> Result<TcpListener, AppError> {
+    let bind_error = |source| AppError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    let addr: std::net::SocketAddr = address.parse().map_err(|_| {
+        bind_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an IP address with a port",
+        ))
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_error)?;
+    }
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    TcpListener::from_std(socket.into()).map_err(bind_error)
+}
+
 /// Closes the idle server connections of a node that health checks marked down, in the pools of
 /// `generation` (held weakly: checkers stop with their generation).
 fn close_idle_on_down(generation: &Arc<Generation>) -> health::OnDown {
@@ -280,10 +300,13 @@ fn close_idle_on_down(generation: &Arc<Generation>) -> health::OnDown {
     })
 }
 
+/// Accepts until `shutdown`, then sweeps: connections the kernel already completed (queued in the
+/// backlog) are accepted and served rather than reset when the listener closes. With SO_REUSEPORT
+/// a newer process on the same port takes every connection from then on.
 async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -298,4 +321,33 @@ async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: Can
             }
         }
     }
+    let swept = sweep_backlog(listener, &workers);
+    if swept > 0 {
+        tracing::info!(
+            clients = swept,
+            "accepted the clients queued before closing the listener"
+        );
+    }
+}
+
+/// Accepts every connection already queued on `listener` without waiting, then closes it.
+fn sweep_backlog(listener: TcpListener, workers: &Workers) -> usize {
+    let Ok(listener) = listener.into_std() else {
+        return 0;
+    };
+    let mut swept = 0;
+    while let Ok((socket, peer)) = listener.accept() {
+        match socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(socket))
+        {
+            Ok(tcp) => {
+                net::tune_socket(&tcp);
+                workers.dispatch(tcp, peer);
+                swept += 1;
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt a queued connection"),
+        }
+    }
+    swept
 }

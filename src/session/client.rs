@@ -137,13 +137,21 @@ impl<'a> Session<'a> {
     ) -> Result<RelayEnd, ClientError> {
         // One registration for the whole session, not one per transaction.
         let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
+        // Draining: close between transactions with 57P01; a client accepted while draining (from
+        // the backlog) first gets one transaction, so its connect is not wasted.
+        let mut drain_wait = std::pin::pin!(self.shared.draining.cancelled());
+        let mut close_when_drained = !self.shared.draining.is_cancelled();
         loop {
+            if close_when_drained && self.shared.draining.is_cancelled() {
+                return Err(ClientError::ShuttingDown);
+            }
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
                 buf = BytesMut::new();
                 tokio::select! {
                     ready = stream.readable() => ready.map_err(ClientError::Io)?,
                     _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
+                    _ = drain_wait.as_mut(), if close_when_drained => return Err(ClientError::ShuttingDown),
                 }
                 buf.reserve(IDLE_READ);
                 let read = tokio::select! {
@@ -184,6 +192,7 @@ impl<'a> Session<'a> {
                 )
                 .await;
             buf = rest;
+            close_when_drained = true;
             let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
             if let (Some(routing), Some((decision, request)), false) =
                 (routing.as_mut(), routed, reset)

@@ -171,6 +171,9 @@ pub struct Shared {
     /// Fired when sessions must end now (shutdown timeout reached). Each session stops on a child
     /// token of it (see [`ClientRegistry::register`]), which admin KILL cancels alone.
     pub stop: CancellationToken,
+    /// Fired when the proxy starts draining (stopped accepting). Transaction-pooled clients then
+    /// finish the transaction they are in and are closed with 57P01 when next idle.
+    pub draining: CancellationToken,
     /// Named prepared statements of transaction-pooled clients, proxy-wide.
     pub statements: statements::StatementCache,
     /// Connected clients as the admin console lists them.
@@ -186,6 +189,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
             registry: ClientRegistry::default(),
             control: Control::default(),
