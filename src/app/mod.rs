@@ -316,7 +316,9 @@ async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: Can
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(suppressed) = crate::logging::repeats().allow("accept") {
+                    tracing::warn!(error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

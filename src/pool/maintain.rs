@@ -74,7 +74,10 @@ impl Pool {
                     _slot: OpenSlot::new(&self.open),
                 }),
                 Err(e) => {
-                    tracing::warn!(pool = %self.name, error = %e, "cannot open server connection for min_size");
+                    let key = format!("min_size:{}", self.name);
+                    if let Some(suppressed) = crate::logging::repeats().allow(&key) {
+                        tracing::warn!(pool = %self.name, error = %e, suppressed, "cannot open server connection for min_size");
+                    }
                     return;
                 }
             }

@@ -283,7 +283,16 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             tracing::info!(%peer, %user, %database, ?end, elapsed = ?started.elapsed(), "client disconnected")
         }
         Err(e) => {
-            tracing::info!(%peer, %user, %database, error = %e, "client session ended with error");
+            match e.repeat_key(peer.ip(), &user) {
+                None => {
+                    tracing::info!(%peer, %user, %database, error = %e, "client session ended with error")
+                }
+                Some(key) => {
+                    if let Some(suppressed) = crate::logging::repeats().allow(&key) {
+                        tracing::warn!(%peer, %user, %database, error = %e, suppressed, "client session ended with error (repeats logged once per 10 s)");
+                    }
+                }
+            }
             let db_metrics = generation
                 .database_metrics
                 .get(&database)
