@@ -3,6 +3,7 @@
 //! listeners bound to port 0. The HTTP endpoints (metrics, health, status) run beside it with
 //! [`App::bind_http`] and [`App::serve_http`].
 
+mod reload;
 mod status;
 mod workers;
 
@@ -91,13 +92,14 @@ impl App {
         let stop = CancellationToken::new();
         let generation = self.shared.generation.load_full();
         generation.pools.spawn_maintenance(&self.tracker, &stop);
-        health::spawn(
+        health::spawn_with_metrics(
             &generation.config,
             &generation.topology,
             &generation.server_tls,
             &self.tracker,
             &stop,
             close_idle_on_down(&generation),
+            Some(&self.metrics),
         );
         let old = std::mem::replace(&mut *self.lock_stop(), stop);
         old.cancel();
@@ -111,11 +113,25 @@ impl App {
 
     /// Replaces the configuration: new sessions use the new one; sessions already running keep the
     /// generation they started with until they end. A config that cannot be built changes nothing.
-    pub fn reload(&self, config: Config) -> Result<(), AppError> {
-        let generation = Generation::build_with_metrics(config, self.metrics.clone())?;
+    /// Settings that need a restart (see [`reload::RESTART_ONLY`]) are logged and kept as running;
+    /// pools whose settings did not change are kept with their idle server connections.
+    pub fn reload(&self, mut config: Config) -> Result<(), AppError> {
+        let current = self.shared.generation.load_full();
+        for key in reload::keep_restart_only(&current.config, &mut config) {
+            tracing::warn!(
+                key,
+                "changing this setting needs a restart; keeping the running value"
+            );
+        }
+        let generation = Generation::build_after(config, &current)?;
+        let kept = generation
+            .pools
+            .iter()
+            .filter(|(key, _)| generation.pools.shares(&current.pools, key))
+            .count();
         self.shared.generation.store(Arc::new(generation));
         self.start_generation_tasks();
-        tracing::info!("configuration reloaded");
+        tracing::info!(pools_kept = kept, "configuration reloaded");
         Ok(())
     }
 

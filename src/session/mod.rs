@@ -84,6 +84,25 @@ impl Generation {
         config: Config,
         metrics: Arc<Metrics>,
     ) -> Result<Generation, GenerationError> {
+        Generation::build_from(config, metrics, None)
+    }
+
+    /// The generation a reload builds: like [`Generation::build_with_metrics`] with `previous`'s
+    /// registry, keeping `previous`'s pools (and their idle server connections) that did not
+    /// change, as long as the server TLS settings did not change either.
+    pub fn build_after(
+        config: Config,
+        previous: &Generation,
+    ) -> Result<Generation, GenerationError> {
+        let reuse = (previous.config.server_tls == config.server_tls).then_some(&previous.pools);
+        Generation::build_from(config, previous.metrics.clone(), reuse)
+    }
+
+    fn build_from(
+        config: Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&PoolSet>,
+    ) -> Result<Generation, GenerationError> {
         let client_tls = match (&config.client_tls.cert_file, &config.client_tls.key_file) {
             (Some(cert), Some(key)) => {
                 Some(ClientTlsAcceptor::from_files(cert, key).map_err(GenerationError::ClientTls)?)
@@ -93,7 +112,7 @@ impl Generation {
         let server_tls =
             ServerTlsConnector::new(&config.server_tls).map_err(GenerationError::ServerTls)?;
         let auth = AuthTable::build(&config).map_err(GenerationError::Credentials)?;
-        let pools = PoolSet::build(&config, &server_tls, &metrics);
+        let pools = PoolSet::build_reusing(&config, &server_tls, &metrics, previous);
         let database_metrics = config
             .databases
             .iter()
