@@ -66,6 +66,28 @@ async fn send_sigterm(child: &Child) {
     assert!(status.success());
 }
 
+/// The status code of `GET path` on 127.0.0.1:`port`.
+async fn http_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        tcp.write_all(head.as_bytes()).await?;
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("HTTP answer within 10 s")
+        .expect("HTTP exchange");
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"))
+}
+
 /// Connection settings as `app` (SCRAM) or, for the fast loop, `trustapp` (no password hashing).
 fn pg_config(port: u16, user: &str) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
@@ -150,6 +172,11 @@ async fn second_process_takes_over_without_refusing_anyone() {
     let mut new = spawn_proxy(&config).await;
     send_sigterm(&old).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The HTTP port is shared too: the draining process has left it, probes reach the new one.
+    for _ in 0..20 {
+        assert_eq!(http_status(http_port, "/ready").await, 200);
+    }
 
     // Still inside its transaction on the draining old process: it commits there.
     assert!(

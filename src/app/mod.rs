@@ -202,14 +202,20 @@ impl App {
 
     /// Serves `/metrics`, `/live`, `/ready` and `/status` on `listener` (nothing when `None`) until
     /// [`App::serve`] has finished, so `/ready` reports 503 while draining. Run it beside `serve`.
+    /// With `listen.reuse_port` the endpoints stop when the drain starts instead: the port is then
+    /// shared with the process taking over, and probes must reach that one, not a draining one.
     pub async fn serve_http(&self, listener: Option<TcpListener>) {
         let Some(listener) = listener else { return };
         let source = Arc::new(AppStatus {
             shared: self.shared.clone(),
             lifecycle: self.lifecycle.clone(),
         });
-        crate::metrics::http::serve(listener, self.metrics.clone(), source, self.stopped.clone())
-            .await;
+        let until = if self.shared.generation.load().config.listen.reuse_port {
+            self.shared.draining.clone()
+        } else {
+            self.stopped.clone()
+        };
+        crate::metrics::http::serve(listener, self.metrics.clone(), source, until).await;
     }
 
     /// Accepts clients on `listeners` until `shutdown` fires, then drains: stops accepting, lets
