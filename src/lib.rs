@@ -5,7 +5,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 0 | `protocol`, `config`, `topology`, `metrics`, `devcluster` |
+//! | 0 | `protocol`, `config`, `topology`, `metrics`, `logging`, `devcluster` |
 //! | 1 | `net`, `auth`, `router` |
 //! | 2 | `server` |
 //! | 3 | `pool`, `health` |
@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod devcluster;
+pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod topology;

@@ -11,6 +11,7 @@ fn layers() -> BTreeMap<&'static str, u8> {
         ("config", 0),
         ("topology", 0),
         ("metrics", 0),
+        ("logging", 0),
         ("devcluster", 0),
         ("net", 1),
         ("auth", 1),

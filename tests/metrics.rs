@@ -279,3 +279,20 @@ fn dashboard_is_valid_json_using_exported_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_checks_record_their_duration_per_node() {
+    let proxy = start_proxy(&proxy_yaml("size: 2", "health: { interval: 200ms }")).await;
+    let series =
+        "pgsluice_health_check_duration_seconds_count{database=\"sluice\",node=\"primary\"}";
+    let recorded = common::eventually(Duration::from_secs(10), || {
+        proxy.app.metrics().render().lines().any(|line| {
+            line.strip_prefix(series)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 2.0)
+        })
+    })
+    .await;
+    assert!(recorded, "{}", proxy.app.metrics().render());
+    proxy.stop().await;
+}

@@ -51,6 +51,16 @@ pub fn config(config: &Config) -> Table {
     for (i, listener) in config.listeners.iter().enumerate() {
         rows.add(format!("listeners[{i}].address"), &listener.address, false);
     }
+    rows.add(
+        "listen.reuse_port",
+        config.listen.reuse_port.to_string(),
+        false,
+    );
+    rows.add(
+        "http.listen",
+        config.http.listen.as_deref().unwrap_or("(not set)"),
+        false,
+    );
     let limits = &config.limits;
     rows.add(
         "limits.max_client_conn",

@@ -3,6 +3,7 @@
 //! listeners bound to port 0. The HTTP endpoints (metrics, health, status) run beside it with
 //! [`App::bind_http`] and [`App::serve_http`].
 
+mod reload;
 mod status;
 mod workers;
 
@@ -91,13 +92,14 @@ impl App {
         let stop = CancellationToken::new();
         let generation = self.shared.generation.load_full();
         generation.pools.spawn_maintenance(&self.tracker, &stop);
-        health::spawn(
+        health::spawn_with_metrics(
             &generation.config,
             &generation.topology,
             &generation.server_tls,
             &self.tracker,
             &stop,
             close_idle_on_down(&generation),
+            Some(&self.metrics),
         );
         let old = std::mem::replace(&mut *self.lock_stop(), stop);
         old.cancel();
@@ -111,13 +113,27 @@ impl App {
 
     /// Replaces the configuration: new sessions use the new one; sessions already running keep the
     /// generation they started with until they end. A config that cannot be built changes nothing.
-    pub fn reload(&self, config: Config) -> Result<(), AppError> {
-        let mut generation = Generation::build_with_metrics(config, self.metrics.clone())?;
-        (generation.client_limits).inherit(&self.shared.generation.load().client_limits);
-        generation.keep_consistency_keys(&self.shared.generation.load());
+    /// Settings that need a restart (see [`reload::RESTART_ONLY`]) are logged and kept as running;
+    /// pools whose settings did not change are kept with their idle server connections.
+    pub fn reload(&self, mut config: Config) -> Result<(), AppError> {
+        let current = self.shared.generation.load_full();
+        for key in reload::keep_restart_only(&current.config, &mut config) {
+            tracing::warn!(
+                key,
+                "changing this setting needs a restart; keeping the running value"
+            );
+        }
+        let mut generation = Generation::build_after(config, &current)?;
+        generation.client_limits.inherit(&current.client_limits);
+        generation.keep_consistency_keys(&current);
+        let kept = generation
+            .pools
+            .iter()
+            .filter(|(key, _)| generation.pools.shares(&current.pools, key))
+            .count();
         self.shared.generation.store(Arc::new(generation));
         self.start_generation_tasks();
-        tracing::info!("configuration reloaded");
+        tracing::info!(pools_kept = kept, "configuration reloaded");
         Ok(())
     }
 
@@ -169,17 +185,11 @@ impl App {
         }
     }
 
-    /// Binds every configured listener.
+    /// Binds every configured listener (with SO_REUSEPORT when `listen.reuse_port` is set).
     pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, AppError> {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
-            let bound = TcpListener::bind(&listener.address)
-                .await
-                .map_err(|source| AppError::Bind {
-                    address: listener.address.clone(),
-                    source,
-                })?;
-            listeners.push(bound);
+            listeners.push(listen(&listener.address, config.listen.reuse_port)?);
         }
         Ok(listeners)
     }
@@ -189,25 +199,25 @@ impl App {
         let Some(address) = &config.http.listen else {
             return Ok(None);
         };
-        let bound = TcpListener::bind(address)
-            .await
-            .map_err(|source| AppError::Bind {
-                address: address.clone(),
-                source,
-            })?;
-        Ok(Some(bound))
+        listen(address, config.listen.reuse_port).map(Some)
     }
 
     /// Serves `/metrics`, `/live`, `/ready` and `/status` on `listener` (nothing when `None`) until
     /// [`App::serve`] has finished, so `/ready` reports 503 while draining. Run it beside `serve`.
+    /// With `listen.reuse_port` the endpoints stop when the drain starts instead: the port is then
+    /// shared with the process taking over, and probes must reach that one, not a draining one.
     pub async fn serve_http(&self, listener: Option<TcpListener>) {
         let Some(listener) = listener else { return };
         let source = Arc::new(AppStatus {
             shared: self.shared.clone(),
             lifecycle: self.lifecycle.clone(),
         });
-        crate::metrics::http::serve(listener, self.metrics.clone(), source, self.stopped.clone())
-            .await;
+        let until = if self.shared.generation.load().config.listen.reuse_port {
+            self.shared.draining.clone()
+        } else {
+            self.stopped.clone()
+        };
+        crate::metrics::http::serve(listener, self.metrics.clone(), source, until).await;
     }
 
     /// Accepts clients on `listeners` until `shutdown` fires, then drains: stops accepting, lets
@@ -236,6 +246,7 @@ impl App {
         self.lifecycle.listening.store(true, Ordering::Relaxed);
         self.control_until_shutdown(&shutdown).await;
         self.lifecycle.draining.store(true, Ordering::Relaxed);
+        self.shared.draining.cancel();
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);
         sessions.close();
@@ -269,6 +280,37 @@ impl App {
     }
 }
 
+/// How many connections a listener queues before the kernel refuses more.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Opens a listening socket on `address` (SO_REUSEADDR, and SO_REUSEPORT when `reuse_port`).
+fn listen(address: &str, reuse_port: bool) -> Result<TcpListener, AppError> {
+    let bind_error = |source| AppError::Bind {
+        address: address.to_string(),
+        source,
+    };
+    let addr: std::net::SocketAddr = address.parse().map_err(|_| {
+        bind_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an IP address with a port",
+        ))
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(bind_error)?;
+    }
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
+    TcpListener::from_std(socket.into()).map_err(bind_error)
+}
+
 /// Closes the idle server connections of a node that health checks marked down, in the pools of
 /// `generation` (held weakly: checkers stop with their generation).
 fn close_idle_on_down(generation: &Arc<Generation>) -> health::OnDown {
@@ -282,10 +324,13 @@ fn close_idle_on_down(generation: &Arc<Generation>) -> health::OnDown {
     })
 }
 
+/// Accepts until `shutdown`, then sweeps: connections the kernel already completed (queued in the
+/// backlog) are accepted and served rather than reset when the listener closes. With SO_REUSEPORT
+/// a newer process on the same port takes every connection from then on.
 async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -295,9 +340,40 @@ async fn accept_loop(listener: TcpListener, workers: Arc<Workers>, shutdown: Can
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(suppressed) = crate::logging::repeats().allow("accept") {
+                    tracing::warn!(error = %e, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+    let swept = sweep_backlog(listener, &workers);
+    if swept > 0 {
+        tracing::info!(
+            clients = swept,
+            "accepted the clients queued before closing the listener"
+        );
+    }
+}
+
+/// Accepts every connection already queued on `listener` without waiting, then closes it.
+fn sweep_backlog(listener: TcpListener, workers: &Workers) -> usize {
+    let Ok(listener) = listener.into_std() else {
+        return 0;
+    };
+    let mut swept = 0;
+    while let Ok((socket, peer)) = listener.accept() {
+        match socket
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(socket))
+        {
+            Ok(tcp) => {
+                net::tune_socket(&tcp);
+                workers.dispatch(tcp, peer);
+                swept += 1;
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt a queued connection"),
+        }
+    }
+    swept
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::WorkerId;
@@ -19,6 +20,9 @@ use crate::session::{self, Shared};
 struct Accepted {
     socket: std::net::TcpStream,
     peer: SocketAddr,
+    /// Counts as a session until the worker has spawned the real one, so a drain that waits for
+    /// the sessions never misses a socket still in the channel (it would be reset).
+    _pending: TaskTrackerToken,
 }
 
 /// The worker threads and the channels that feed them.
@@ -28,6 +32,7 @@ pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
     next: AtomicUsize,
     stop: CancellationToken,
+    sessions: TaskTracker,
 }
 
 impl std::fmt::Debug for Accepted {
@@ -70,6 +75,7 @@ impl Workers {
             threads,
             next: AtomicUsize::new(0),
             stop,
+            sessions: sessions.clone(),
         })
     }
 
@@ -83,7 +89,12 @@ impl Workers {
             }
         };
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.intake.len();
-        if self.intake[index].send(Accepted { socket, peer }).is_err() {
+        let accepted = Accepted {
+            socket,
+            peer,
+            _pending: self.sessions.token(),
+        };
+        if self.intake[index].send(accepted).is_err() {
             tracing::warn!(%peer, "worker is gone; dropping connection");
         }
     }
@@ -117,7 +128,12 @@ impl Worker {
                 _ = self.stop.cancelled() => return,
                 accepted = intake.recv() => accepted,
             };
-            let Some(Accepted { socket, peer }) = accepted else {
+            let Some(Accepted {
+                socket,
+                peer,
+                _pending,
+            }) = accepted
+            else {
                 break;
             };
             match TcpStream::from_std(socket) {

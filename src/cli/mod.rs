@@ -157,6 +157,7 @@ pub async fn serve_with_signals(
     let serving = app.serve(listeners, shutdown.clone());
     tokio::pin!(serving);
     notify(&[sd_notify::NotifyState::Ready]);
+    let _watchdog = spawn_watchdog();
     loop {
         tokio::select! {
             served = &mut serving => return Ok(served?),
@@ -187,8 +188,51 @@ fn reload(app: &App, config_path: Option<&Path>) {
     notify(&[sd_notify::NotifyState::Ready]);
 }
 
+/// When systemd's watchdog is on (`WatchdogSec=`, seen as `WATCHDOG_USEC` for this pid), pings it
+/// at half the interval from a task on the main runtime: a ping proves that the runtime running the
+/// accept loops, signals and reloads still gets to run. `None` when the watchdog is off.
+fn spawn_watchdog() -> Option<tokio_util::task::AbortOnDropHandle<()>> {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return None;
+    }
+    let period = watchdog_period(usec)?;
+    tracing::info!(?period, "systemd watchdog enabled");
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    });
+    Some(tokio_util::task::AbortOnDropHandle::new(task))
+}
+
+/// Half of systemd's watchdog interval (in microseconds); `None` for a zero interval.
+fn watchdog_period(usec: u64) -> Option<std::time::Duration> {
+    (usec > 0).then(|| {
+        std::time::Duration::from_micros(usec / 2).max(std::time::Duration::from_millis(1))
+    })
+}
+
 fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn watchdog_pings_at_half_the_interval() {
+        assert_eq!(super::watchdog_period(0), None);
+        assert_eq!(
+            super::watchdog_period(30_000_000),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(super::watchdog_period(1), Some(Duration::from_millis(1)));
     }
 }

@@ -10,6 +10,7 @@ pub mod bytesize;
 pub mod duration;
 mod health;
 mod http;
+mod listen;
 mod load;
 pub mod routing;
 mod secret;
@@ -27,6 +28,7 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use health::HealthConfig;
 pub use http::HttpConfig;
+pub use listen::ListenOptions;
 pub use load::{interpolate, load_file, load_str, parse_str};
 pub use routing::{RoutingOverrides, RoutingSettings};
 pub use secret::{PasswordKind, Secret};
@@ -82,6 +84,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The admin console (virtual database, allowed users).
     pub admin: AdminConfig,
+    /// Listening socket options (SO_REUSEPORT for zero-downtime upgrades).
+    pub listen: ListenOptions,
 }
 
 impl Default for Config {
@@ -100,6 +104,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             http: HttpConfig::default(),
             admin: AdminConfig::default(),
+            listen: ListenOptions::default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! breaks) and runs [`CHECK_SQL`] once per interval, and the per-database publisher that records
 //! each result and stores a new snapshot whenever anything changed.
 
+use crate::metrics::NodeMetrics;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,8 @@ pub(super) struct Checker {
     pub(super) interval: Duration,
     pub(super) timeout: Duration,
     pub(super) published: Arc<Published>,
+    /// Where each check's duration goes, if recorded.
+    pub(super) metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl Checker {
@@ -123,7 +126,11 @@ impl Checker {
             if let Err(e) = &result {
                 tracing::debug!(database = %self.published.database, node = %self.name, error = %e, "health check failed");
             }
-            self.published.record(self.node, &result, started.elapsed());
+            let elapsed = started.elapsed();
+            if let Some(metrics) = &self.metrics {
+                metrics.health_check_duration.observe(elapsed);
+            }
+            self.published.record(self.node, &result, elapsed);
         }
         if let Some(conn) = conn {
             conn.close().await;

@@ -21,6 +21,7 @@ pub use lag::{measure, next_freshness, LagLimits};
 pub use tracker::{NodeTracker, Observation, Transition, CHECK_SQL};
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::net::ServerTlsConnector;
 use crate::server::{ConnectParams, ServerError};
 use crate::topology::{NodeId, TopologyHandle};
@@ -51,6 +52,20 @@ pub fn spawn(
     tracker: &TaskTracker,
     stop: &CancellationToken,
     on_down: OnDown,
+) -> usize {
+    spawn_with_metrics(config, topology, tls, tracker, stop, on_down, None)
+}
+
+/// Like [`spawn`], each checker recording how long its checks take into
+/// `pgsluice_health_check_duration_seconds` of its node in `metrics`.
+pub fn spawn_with_metrics(
+    config: &Config,
+    topology: &HashMap<String, TopologyHandle>,
+    tls: &ServerTlsConnector,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+    on_down: OnDown,
+    metrics: Option<&Metrics>,
 ) -> usize {
     let health = &config.health;
     if !health.enabled {
@@ -91,6 +106,7 @@ pub fn spawn(
                 interval: health.interval,
                 timeout: health.timeout,
                 published: published.clone(),
+                metrics: metrics.map(|m| m.node(&database.name, &node.display_name())),
             };
             tracker.spawn(checker.run(stop.clone()));
             started += 1;

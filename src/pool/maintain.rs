@@ -15,8 +15,23 @@ use crate::net::WorkerId;
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Pool {
-    /// Runs housekeeping until `stop` is cancelled, then closes the idle connections.
-    pub async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+    /// Runs housekeeping until `stop` is cancelled, then closes the idle connections, unless a
+    /// newer housekeeping task was started for this pool meanwhile (a reload kept the pool): that
+    /// one owns them now. The task counts as started when this is called, not when first polled.
+    pub fn maintain(
+        self: Arc<Self>,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let me = self.maintainer.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            self.maintain_loop(&stop).await;
+            if self.maintainer.load(Ordering::SeqCst) == me {
+                self.close_idle().await;
+            }
+        }
+    }
+
+    async fn maintain_loop(&self, stop: &CancellationToken) {
         let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -27,7 +42,6 @@ impl Pool {
             self.prune_idle().await;
             self.fill_to_min().await;
         }
-        self.close_idle().await;
     }
 
     /// Closes idle connections that are too old or idle too long (keeping `min_size` open).
@@ -77,7 +91,10 @@ impl Pool {
                     _slot: OpenSlot::new(&self.open),
                 }),
                 Err(e) => {
-                    tracing::warn!(pool = %self.name, error = %e, "cannot open server connection for min_size");
+                    let key = format!("min_size:{}", self.name);
+                    if let Some(suppressed) = crate::logging::repeats().allow(&key) {
+                        tracing::warn!(pool = %self.name, error = %e, suppressed, "cannot open server connection for min_size");
+                    }
                     return;
                 }
             }

@@ -98,6 +98,9 @@ pub struct Pool {
     /// Admin PAUSE: new checkouts wait until [`Pool::resume`].
     paused: AtomicBool,
     resumed: Notify,
+    /// Number of the newest housekeeping task: a reload that keeps the pool starts a new one, and
+    /// the superseded task must then stop without closing the idle connections.
+    maintainer: AtomicUsize,
 }
 
 /// One idle server connection as admin views show it.
@@ -141,6 +144,7 @@ impl Pool {
             metrics,
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
+            maintainer: AtomicUsize::new(0),
         })
     }
 

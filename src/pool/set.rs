@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Pool;
-use crate::config::Config;
+use crate::config::{Config, PoolSettings};
 use crate::metrics::Metrics;
 use crate::net::ServerTlsConnector;
 use crate::server::ConnectParams;
@@ -32,6 +32,19 @@ impl PoolSet {
     /// Builds a pool for each (database, user, node) of `config`, each recording into its handle
     /// from `metrics` (shared with earlier generations' pools of the same labels).
     pub fn build(config: &Config, tls: &ServerTlsConnector, metrics: &Metrics) -> PoolSet {
+        PoolSet::build_reusing(config, tls, metrics, None)
+    }
+
+    /// Like [`PoolSet::build`], but takes over each pool of `previous` (a reload) whose name,
+    /// settings and connection parameters are unchanged, with its idle server connections. The
+    /// caller passes `previous` only when the server TLS settings are unchanged too: a kept pool
+    /// keeps the TLS connector it was built with.
+    pub fn build_reusing(
+        config: &Config,
+        tls: &ServerTlsConnector,
+        metrics: &Metrics,
+        previous: Option<&PoolSet>,
+    ) -> PoolSet {
         let mut pools = HashMap::new();
         for database in &config.databases {
             for user in &config.users {
@@ -53,13 +66,30 @@ impl PoolSet {
                         user: user.name.clone(),
                         node: NodeId(index),
                     };
-                    let handle = metrics.pool(&database.name, &user.name, &node.display_name());
-                    let pool = Pool::with_metrics(name, settings.clone(), connect, handle);
+                    let kept = previous
+                        .and_then(|set| set.pools.get(&key))
+                        .filter(|old| unchanged(old, &name, &settings, &connect));
+                    let pool = match kept {
+                        Some(old) => old.clone(),
+                        None => {
+                            let handle =
+                                metrics.pool(&database.name, &user.name, &node.display_name());
+                            Pool::with_metrics(name, settings.clone(), connect, handle)
+                        }
+                    };
                     pools.insert(key, pool);
                 }
             }
         }
         PoolSet { pools }
+    }
+
+    /// Whether `other` holds the very same pool (not a copy) for `key`: a reload kept it.
+    pub fn shares(&self, other: &PoolSet, key: &PoolKey) -> bool {
+        match (self.pools.get(key), other.pools.get(key)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// The pool for (database, user, node), if configured.
@@ -100,4 +130,18 @@ impl PoolSet {
             pool.close();
         }
     }
+}
+
+/// Whether `pool` was built from the same name, settings and connection parameters (TLS aside).
+fn unchanged(pool: &Pool, name: &str, settings: &PoolSettings, connect: &ConnectParams) -> bool {
+    let old = pool.connect_params();
+    pool.name() == name
+        && pool.settings() == settings
+        && old.host == connect.host
+        && old.port == connect.port
+        && old.user == connect.user
+        && old.password == connect.password
+        && old.database == connect.database
+        && old.connect_timeout == connect.connect_timeout
+        && old.max_message_size == connect.max_message_size
 }

@@ -169,7 +169,14 @@ impl<'a> Session<'a> {
         let idle_timeout = pool.settings().client_idle_timeout;
         // Set after a replica refused a query with 25006: it goes again, to the primary.
         let mut retrying = false;
+        // Draining: close between transactions with 57P01; a client accepted while draining (from
+        // the backlog) first gets one transaction, so its connect is not wasted.
+        let mut drain_wait = std::pin::pin!(self.shared.draining.cancelled());
+        let mut close_when_drained = !self.shared.draining.is_cancelled();
         loop {
+            if close_when_drained && self.shared.draining.is_cancelled() {
+                return Err(ClientError::ShuttingDown);
+            }
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
                 buf = BytesMut::new();
@@ -177,6 +184,7 @@ impl<'a> Session<'a> {
                     ready = stream.readable() => ready.map_err(ClientError::Io)?,
                     _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
                     _ = idle_deadline(idle_timeout) => return Err(ClientError::ClientIdleTimeout),
+                    _ = drain_wait.as_mut(), if close_when_drained => return Err(ClientError::ShuttingDown),
                 }
                 buf.reserve(IDLE_READ);
                 let read = tokio::select! {
@@ -219,6 +227,7 @@ impl<'a> Session<'a> {
             ))
             .await;
             buf = rest;
+            close_when_drained = true;
             if let Ok(RelayEnd::ReadOnlyRetry) = end {
                 retrying = true;
                 continue;

@@ -80,6 +80,18 @@ impl From<FrameReadError> for ClientError {
 }
 
 impl ClientError {
+    /// For errors that repeat in bursts (a peer failing authentication, a node refusing connections),
+    /// the key their log line is rate-limited under (see `logging::repeats`); `None` for the rest.
+    pub fn repeat_key(&self, peer: std::net::IpAddr, user: &str) -> Option<String> {
+        match self {
+            ClientError::AuthFailed { .. } | ClientError::Auth(AuthError::WrongPassword) => {
+                Some(format!("auth:{peer}:{user}"))
+            }
+            ClientError::Pool(PoolError::Connect { pool, .. }) => Some(format!("connect:{pool}")),
+            _ => None,
+        }
+    }
+
     /// The ErrorResponse to send, or `None` when the client cannot be told (its socket failed).
     pub fn fields(&self) -> Option<ErrorFields> {
         let code = match self {

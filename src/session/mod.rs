@@ -96,6 +96,25 @@ impl Generation {
         config: Config,
         metrics: Arc<Metrics>,
     ) -> Result<Generation, GenerationError> {
+        Generation::build_from(config, metrics, None)
+    }
+
+    /// The generation a reload builds: like [`Generation::build_with_metrics`] with `previous`'s
+    /// registry, keeping `previous`'s pools (and their idle server connections) that did not
+    /// change, as long as the server TLS settings did not change either.
+    pub fn build_after(
+        config: Config,
+        previous: &Generation,
+    ) -> Result<Generation, GenerationError> {
+        let reuse = (previous.config.server_tls == config.server_tls).then_some(&previous.pools);
+        Generation::build_from(config, previous.metrics.clone(), reuse)
+    }
+
+    fn build_from(
+        config: Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&PoolSet>,
+    ) -> Result<Generation, GenerationError> {
         let client_tls = match (&config.client_tls.cert_file, &config.client_tls.key_file) {
             (Some(cert), Some(key)) => {
                 Some(ClientTlsAcceptor::from_files(cert, key).map_err(GenerationError::ClientTls)?)
@@ -105,7 +124,7 @@ impl Generation {
         let server_tls =
             ServerTlsConnector::new(&config.server_tls).map_err(GenerationError::ServerTls)?;
         let auth = AuthTable::build(&config).map_err(GenerationError::Credentials)?;
-        let pools = PoolSet::build(&config, &server_tls, &metrics);
+        let pools = PoolSet::build_reusing(&config, &server_tls, &metrics, previous);
         let database_metrics = config
             .databases
             .iter()
@@ -212,6 +231,9 @@ pub struct Shared {
     /// Fired when sessions must end now (shutdown timeout reached). Each session stops on a child
     /// token of it (see [`ClientRegistry::register`]), which admin KILL cancels alone.
     pub stop: CancellationToken,
+    /// Fired when the proxy starts draining (stopped accepting). Transaction-pooled clients then
+    /// finish the transaction they are in and are closed with 57P01 when next idle.
+    pub draining: CancellationToken,
     /// Named prepared statements of transaction-pooled clients, proxy-wide.
     pub statements: statements::StatementCache,
     /// Connected clients as the admin console lists them.
@@ -227,6 +249,7 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
             stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
             statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
             registry: ClientRegistry::default(),
             control: Control::default(),
@@ -324,7 +347,16 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             tracing::info!(%peer, %user, %database, ?end, elapsed = ?started.elapsed(), "client disconnected")
         }
         Err(e) => {
-            tracing::info!(%peer, %user, %database, error = %e, "client session ended with error");
+            match e.repeat_key(peer.ip(), &user) {
+                None => {
+                    tracing::info!(%peer, %user, %database, error = %e, "client session ended with error")
+                }
+                Some(key) => {
+                    if let Some(suppressed) = crate::logging::repeats().allow(&key) {
+                        tracing::warn!(%peer, %user, %database, error = %e, suppressed, "client session ended with error (repeats logged once per 10 s)");
+                    }
+                }
+            }
             let db_metrics = generation
                 .database_metrics
                 .get(&database)
