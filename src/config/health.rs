@@ -1,5 +1,6 @@
 //! The `health` section: how often and how nodes are checked, the fall/rise hysteresis of node
-//! health, and the replication lag limits (with their own hysteresis) that mark a replica lagging.
+//! health, the replication lag limits (with their own hysteresis) that mark a replica lagging, and
+//! how often replicas' replay positions are polled for read-your-writes.
 
 use std::time::Duration;
 
@@ -34,6 +35,11 @@ pub struct HealthConfig {
     pub lag_recovery: f64,
     /// Configured user whose server credentials the checks log in with; default: the first user.
     pub user: Option<String>,
+    /// Time between two polls of a replica's replay position (`pg_last_wal_replay_lsn()`) on a
+    /// connection of its own, so read-your-writes learns within this time that a replica caught
+    /// up; 0 = off (positions come from the health checks only). At most `interval`.
+    #[serde(with = "duration")]
+    pub lsn_interval: Duration,
 }
 
 impl Default for HealthConfig {
@@ -48,6 +54,7 @@ impl Default for HealthConfig {
             max_lag: Duration::from_secs(10),
             lag_recovery: 0.5,
             user: None,
+            lsn_interval: Duration::from_millis(20),
         }
     }
 }
@@ -91,6 +98,17 @@ impl HealthConfig {
                 ),
             );
         }
+        if self.lsn_interval > self.interval {
+            // Slower than the health checks, which already report replay positions.
+            push(
+                "lsn_interval",
+                format!(
+                    "must be 0 (off) or at most health.interval ({}; got {})",
+                    duration::format(self.interval),
+                    duration::format(self.lsn_interval)
+                ),
+            );
+        }
         if let Some(name) = &self.user {
             if config.user(name).is_none() {
                 push("user", format!("no user named \"{name}\" is configured"));
@@ -125,7 +143,7 @@ mod tests {
     #[test]
     fn keys_parse() {
         let text = format!(
-            "{BASE}health: {{ enabled: false, interval: 200ms, timeout: 2s, fall: 1, rise: 5, max_lag_bytes: 1MB, max_lag: 0, lag_recovery: 0.25, user: ops }}\n"
+            "{BASE}health: {{ enabled: false, interval: 200ms, timeout: 2s, fall: 1, rise: 5, max_lag_bytes: 1MB, max_lag: 0, lag_recovery: 0.25, user: ops, lsn_interval: 5ms }}\n"
         );
         let config = load_str(&text, &|_| None).unwrap();
         let health = &config.health;
@@ -137,6 +155,25 @@ mod tests {
         assert_eq!(health.max_lag, Duration::ZERO);
         assert_eq!(health.lag_recovery, 0.25);
         assert_eq!(health.user_name(&config), Some("ops"));
+        assert_eq!(health.lsn_interval, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn lsn_interval_is_off_at_zero_and_at_most_the_check_interval() {
+        assert_eq!(
+            HealthConfig::default().lsn_interval,
+            Duration::from_millis(20)
+        );
+        for ok in ["0", "1ms", "20ms", "1s"] {
+            let text = format!("{BASE}health: {{ lsn_interval: {ok} }}\n");
+            assert!(load_str(&text, &|_| None).is_ok(), "{ok}");
+        }
+        let text = format!("{BASE}health: {{ interval: 10ms, lsn_interval: 20ms }}\n");
+        let Err(ConfigError::Invalid(errors)) = load_str(&text, &|_| None) else {
+            panic!("expected a validation error");
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["health.lsn_interval"]);
     }
 
     #[test]
@@ -151,7 +188,7 @@ mod tests {
     #[test]
     fn bad_values_are_reported_with_paths() {
         let text = format!(
-            "{BASE}health: {{ interval: 0, timeout: 0, fall: 0, rise: 0, lag_recovery: 1.5, user: nobody }}\n"
+            "{BASE}health: {{ interval: 0, timeout: 0, fall: 0, rise: 0, lag_recovery: 1.5, user: nobody, lsn_interval: 1s }}\n"
         );
         let Err(ConfigError::Invalid(errors)) = load_str(&text, &|_| None) else {
             panic!("expected validation errors");
@@ -165,6 +202,7 @@ mod tests {
                 "health.fall",
                 "health.rise",
                 "health.lag_recovery",
+                "health.lsn_interval",
                 "health.user"
             ]
         );
