@@ -14,7 +14,7 @@ use super::tracker::{Observation, Transition, CHECK_SQL};
 use super::{HealthError, OnDown};
 use crate::net::WorkerId;
 use crate::server::{ConnectParams, ServerConnection};
-use crate::topology::{Health, NodeId, Role, TopologyHandle};
+use crate::topology::{ClusterSnapshot, Health, Lsn, NodeId, Role, TopologyHandle};
 
 /// One database's health state and the handle it publishes to, shared by its checkers.
 pub(super) struct Published {
@@ -40,16 +40,19 @@ impl Published {
     }
 
     /// Records a check result, stores the new snapshot if it differs from the published one, then
-    /// logs the changes and reports nodes that went down. The lock is held only to update.
+    /// logs the changes and reports nodes that went down. The lock is held to update and store
+    /// (so snapshots are stored in the order they were made, never an older over a newer one),
+    /// not to log.
     fn record(&self, node: NodeId, result: &Result<Observation, HealthError>, took: Duration) {
         let (changes, snapshot) = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let changes = state.record(node, result.as_ref().ok().copied(), took);
-            (changes, state.snapshot())
+            let snapshot = state.snapshot();
+            if **self.handle.load() != snapshot {
+                self.handle.store(Arc::new(snapshot.clone()));
+            }
+            (changes, snapshot)
         };
-        if **self.handle.load() != snapshot {
-            self.handle.store(Arc::new(snapshot.clone()));
-        }
         for (id, change) in changes {
             let name = snapshot.node(id).map_or("?", |n| n.name.as_str());
             self.log(name, change, result);
@@ -63,6 +66,26 @@ impl Published {
                 (self.on_down)(&self.database, id);
             }
         }
+    }
+
+    /// Records a replica's polled replay position and stores a new snapshot if it changed it.
+    pub(super) fn record_replay(&self, node: NodeId, replayed: Lsn) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Stored under the lock, so a check's snapshot and this one never overwrite each other
+        // out of order.
+        if state.record_replay(node, replayed) {
+            self.handle.store(Arc::new(state.snapshot()));
+        }
+    }
+
+    /// The database's name, for logs.
+    pub(super) fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The snapshot as published.
+    pub(super) fn current(&self) -> Arc<ClusterSnapshot> {
+        self.handle.load_full()
     }
 
     fn log(&self, node: &str, change: Transition, result: &Result<Observation, HealthError>) {

@@ -31,6 +31,9 @@ impl Rules {
 #[derive(Clone, Debug)]
 struct TrackedNode {
     tracker: NodeTracker,
+    /// The latest WAL position reported, by a check or (replicas) a replay poll: whichever came
+    /// last wins, so a replica rebuilt behind its old position is not taken as ahead.
+    lsn: Option<Lsn>,
     lag: Option<Lag>,
     freshness: Freshness,
 }
@@ -53,6 +56,7 @@ impl DatabaseHealth {
             .iter()
             .map(|n| TrackedNode {
                 tracker: NodeTracker::new(n.role),
+                lsn: None,
                 lag: None,
                 freshness: Freshness::Fresh,
             })
@@ -73,12 +77,29 @@ impl DatabaseHealth {
         };
         let rules = self.rules;
         let changes = match seen {
-            Some(seen) => tracked.tracker.succeeded(seen, took, rules.rise),
+            Some(seen) => {
+                tracked.lsn = seen.lsn;
+                tracked.tracker.succeeded(seen, took, rules.rise)
+            }
             None => tracked.tracker.failed(took, rules.fall),
         };
         let mut all: Vec<_> = changes.into_iter().map(|c| (node, c)).collect();
         all.extend(self.update_lag());
         all
+    }
+
+    /// Records a replica's replay position polled between checks (read-your-writes). Only the
+    /// position changes: health, role, lag and freshness stay the checks' alone. Ignored unless
+    /// the checks last saw the node as a replica. Returns whether the position changed.
+    pub fn record_replay(&mut self, node: NodeId, replayed: Lsn) -> bool {
+        let Some(tracked) = self.nodes.get_mut(node.0) else {
+            return false;
+        };
+        if tracked.tracker.role() != Role::Replica || tracked.lsn == Some(replayed) {
+            return false;
+        }
+        tracked.lsn = Some(replayed);
+        true
     }
 
     /// The WAL position lag is measured against: the furthest of the primaries not down.
@@ -136,7 +157,7 @@ impl DatabaseHealth {
                 let mut state = base.clone();
                 state.role = node.tracker.role();
                 state.health = node.tracker.health();
-                state.lsn = node.tracker.last().and_then(|seen| seen.lsn);
+                state.lsn = node.lsn;
                 state.lag = node.lag;
                 state.freshness = node.freshness;
                 state
@@ -313,5 +334,43 @@ mod tests {
     fn unknown_node_is_ignored() {
         let mut db = DatabaseHealth::new(base(), rules());
         assert!(db.record(NodeId(9), primary(1), MS).is_empty());
+        assert!(!db.record_replay(NodeId(9), Lsn(1)));
+    }
+
+    #[test]
+    fn replay_polls_move_only_a_replica_position_and_the_latest_report_wins() {
+        let mut db = DatabaseHealth::new(base(), rules());
+        assert!(
+            !db.record_replay(NodeId(1), Lsn(50)),
+            "role not yet discovered: the checks decide"
+        );
+        db.record(NodeId(0), primary(1000), MS);
+        db.record(NodeId(1), replica(400, 1000, 0), MS);
+        let before = db.snapshot();
+        assert!(db.record_replay(NodeId(1), Lsn(1000)));
+        assert!(!db.record_replay(NodeId(1), Lsn(1000)), "unchanged");
+        let after = db.snapshot();
+        assert_eq!(after.nodes[1].lsn, Some(Lsn(1000)));
+        let mut expected = before.clone();
+        expected.nodes[1].lsn = Some(Lsn(1000));
+        assert_eq!(after, expected, "lag, freshness, health and role untouched");
+        assert_eq!(after.nodes[1].lag.map(|l| l.bytes), Some(600));
+
+        assert!(!db.record_replay(NodeId(0), Lsn(5)), "never on a primary");
+        assert_eq!(db.snapshot().nodes[0].lsn, Some(Lsn(1000)));
+
+        db.record(NodeId(1), replica(1100, 1100, 0), MS);
+        assert_eq!(db.snapshot().nodes[1].lsn, Some(Lsn(1100)));
+        assert!(db.record_replay(NodeId(1), Lsn(20)), "a rebuilt replica");
+        assert_eq!(db.snapshot().nodes[1].lsn, Some(Lsn(20)), "latest wins");
+        for _ in 0..2 {
+            db.record(NodeId(1), None, MS);
+        }
+        assert_eq!(db.snapshot().nodes[1].health, Health::Down);
+        assert_eq!(
+            db.snapshot().nodes[1].lsn,
+            Some(Lsn(20)),
+            "a failed check keeps the last position"
+        );
     }
 }
