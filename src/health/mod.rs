@@ -3,11 +3,14 @@
 //! the results into a new `ClusterSnapshot` stored in that database's `TopologyHandle`.
 //!
 //! The decisions (fall/rise hysteresis, observed roles, lag and freshness) are pure code in
-//! `tracker`, `lag` and `database`; `checker` does the I/O.
+//! `tracker`, `lag` and `database`; `checker` does the I/O. With `health.lsn_interval` set, a
+//! `replay` poller per node also refreshes replicas' replay positions between checks, for
+//! read-your-writes (positions only; it decides nothing else).
 
 mod checker;
 mod database;
 mod lag;
+mod replay;
 mod tracker;
 
 use std::collections::HashMap;
@@ -18,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 pub use database::{DatabaseHealth, Rules};
 pub use lag::{measure, next_freshness, LagLimits};
+pub use replay::{backoff, parse_replay, REPLAY_SQL};
 pub use tracker::{NodeTracker, Observation, Transition, CHECK_SQL};
 
 use crate::config::Config;
@@ -43,7 +47,8 @@ pub type OnDown = Arc<dyn Fn(&str, NodeId) + Send + Sync>;
 
 /// Starts one checker per node of every database in `config` under `tracker`; they run until
 /// `stop` is cancelled and keep the handles of `topology` (one per database, as built by
-/// `session::Generation`) up to date. Returns how many checkers were started: none when
+/// `session::Generation`) up to date; with `health.lsn_interval` > 0, also one replay-position
+/// poller per node. Returns how many checkers were started (pollers not counted): none when
 /// `health.enabled` is false or no user is configured to log in with (logged).
 pub fn spawn(
     config: &Config,
@@ -108,11 +113,23 @@ pub fn spawn_with_metrics(
                 published: published.clone(),
                 metrics: metrics.map(|m| m.node(&database.name, &node.display_name())),
             };
+            if !health.lsn_interval.is_zero() {
+                let poller = replay::ReplayPoller {
+                    node: NodeId(index),
+                    name: node.display_name(),
+                    connect: checker.connect.clone(),
+                    interval: health.lsn_interval,
+                    timeout: health.timeout,
+                    max_backoff: health.interval,
+                    published: published.clone(),
+                };
+                tracker.spawn(poller.run(stop.clone()));
+            }
             tracker.spawn(checker.run(stop.clone()));
             started += 1;
         }
     }
-    tracing::info!(checkers = started, interval = ?health.interval, user = %user.name, "health checks started");
+    tracing::info!(checkers = started, interval = ?health.interval, lsn_interval = ?health.lsn_interval, user = %user.name, "health checks started");
     started
 }
 
