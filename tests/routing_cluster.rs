@@ -3,7 +3,8 @@
 //! reach the primary; a replica over `max_lag_bytes` is left out until it catches up; a stopped
 //! replica costs its readers no errors beyond in-flight ones; writes resume on a promoted
 //! replica (times printed); a concurrent write-then-read loop never misses its own write with
-//! read-your-writes on and does with it off.
+//! read-your-writes on and does with it off; with replay positions polled (`health.lsn_interval`),
+//! a client's reads return to a replica within ~50 ms of its write, without polling they do not.
 
 mod common;
 
@@ -334,4 +335,72 @@ async fn concurrent_clients_read_their_own_writes_with_a_paused_and_a_slow_repli
         }
         proxy.stop().await;
     }
+}
+
+/// `iterations` times: a write, an immediate read that must see it, then ~50 ms later a read
+/// that must see it too. Returns how many of the later reads a replica served.
+async fn later_reads_on_replicas(
+    client: &tokio_postgres::Client,
+    run: &str,
+    iterations: usize,
+) -> usize {
+    let mut on_replica = 0;
+    for i in 0..iterations {
+        client
+            .batch_execute(&format!("INSERT INTO polled VALUES ('{run}', {i})"))
+            .await
+            .unwrap();
+        let read = format!(
+            "SELECT count(*)::text || ' ' || pg_is_in_recovery()::text FROM polled \
+             WHERE run = '{run}' AND i = {i}"
+        );
+        let now = value(client, &read).await.unwrap();
+        assert!(
+            now.starts_with("1 "),
+            "{run}: immediate read missed write {i}: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        match value(client, &read).await.unwrap().as_str() {
+            "1 true" => on_replica += 1,
+            "1 false" => {}
+            later => panic!("{run}: later read missed write {i}: {later}"),
+        }
+    }
+    on_replica
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_polling_returns_reads_to_replicas_soon_after_a_write() {
+    let cluster = start_cluster();
+    const ITERATIONS: usize = 10;
+    let mut shares = Vec::new();
+    for lsn_interval in ["20ms", "0"] {
+        // Health checks every 2 s: alone, they seldom learn within 50 ms that a replica caught up.
+        let text = yaml(&cluster, "read_your_writes: lsn", "0").replace(
+            "health: { interval: 200ms,",
+            &format!("health: {{ interval: 2s, lsn_interval: {lsn_interval},"),
+        );
+        let proxy = start_proxy(&text).await;
+        topology_until(&proxy, "roles", settled).await;
+        let client = proxy.app_client().await;
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS polled(run text, i int)")
+            .await
+            .unwrap();
+        let on_replica = later_reads_on_replicas(&client, lsn_interval, ITERATIONS).await;
+        println!(
+            "lsn_interval {lsn_interval}: {on_replica} of {ITERATIONS} later reads on a replica"
+        );
+        shares.push(on_replica);
+        drop(client);
+        proxy.stop().await;
+    }
+    assert!(
+        shares[0] >= ITERATIONS - 2,
+        "with polling, later reads go to replicas: {shares:?}"
+    );
+    assert!(
+        shares[1] <= 3,
+        "without polling, they mostly stay on the primary: {shares:?}"
+    );
 }
