@@ -371,7 +371,15 @@ async fn later_reads_on_replicas(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_polling_returns_reads_to_replicas_soon_after_a_write() {
-    let cluster = start_cluster();
+    // Commits send their WAL at once (the devcluster default, off, leaves it to the WAL writer,
+    // up to 200 ms later, and no replica could have caught up within 50 ms).
+    let cluster = block_in_place(|| {
+        DevCluster::start(&ClusterSpec {
+            replicas: 2,
+            extra_conf: vec!["synchronous_commit = on".into()],
+        })
+    })
+    .expect("devcluster starts");
     const ITERATIONS: usize = 10;
     let mut shares = Vec::new();
     for lsn_interval in ["20ms", "0"] {
