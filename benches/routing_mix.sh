@@ -7,7 +7,11 @@
 # pgsluice_routes_total on /metrics), and writes.
 #
 # Usage: benches/routing_mix.sh [SECONDS] [CLIENTS]      (any cwd; defaults 10 s, 8 clients)
-# Env PGSLUICE_PG_BIN=dir picks the Postgres binaries (default /usr/lib/postgresql/15/bin).
+# Env PGSLUICE_PG_BIN=dir picks the Postgres binaries (default /usr/lib/postgresql/15/bin);
+# PGSLUICE_MIX_SYNC_COMMIT=on runs the nodes with synchronous_commit = on (default off, the
+# devcluster's: commits then reach the replicas only when the WAL writer flushes, up to 200 ms);
+# PGSLUICE_MIX_LSN_INTERVAL sets health.lsn_interval (default 20ms; 0 = replay positions from
+# the 200 ms health checks only).
 # A 2-core machine shared with other work gives noisy TPS: compare runs on the same machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

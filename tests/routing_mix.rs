@@ -28,7 +28,7 @@ databases:
       - {{ name: n0, host: 127.0.0.1, port: {p0} }}
       - {{ name: n1, host: 127.0.0.1, port: {p1} }}
       - {{ name: n2, host: 127.0.0.1, port: {p2} }}
-health: {{ interval: 200ms }}
+health: {{ interval: 200ms, lsn_interval: {lsn_interval} }}
 routing: {{ read_your_writes: {read_your_writes} }}
 "#,
         user = roles::SCRAM_USER,
@@ -37,6 +37,7 @@ routing: {{ read_your_writes: {read_your_writes} }}
         p0 = cluster.primary().port,
         p1 = cluster.replicas()[0].port,
         p2 = cluster.replicas()[1].port,
+        lsn_interval = std::env::var("PGSLUICE_MIX_LSN_INTERVAL").unwrap_or_else(|_| "20ms".into()),
     )
 }
 
@@ -58,10 +59,17 @@ async fn read_write_mix_share_of_replica_reads_and_cost_of_read_your_writes() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let clients = std::env::var("PGSLUICE_MIX_CLIENTS").unwrap_or_else(|_| "8".into());
+    // The devcluster commits with synchronous_commit = off: replicas get a commit's WAL only when
+    // the WAL writer flushes it (up to 200 ms later), which bounds read-your-writes' replica share.
+    let sync_commit = std::env::var("PGSLUICE_MIX_SYNC_COMMIT").unwrap_or_else(|_| "off".into());
+    println!(
+        "synchronous_commit = {sync_commit}, health.lsn_interval = {}",
+        std::env::var("PGSLUICE_MIX_LSN_INTERVAL").unwrap_or_else(|_| "20ms".into())
+    );
     let cluster = block_in_place(|| {
         DevCluster::start(&ClusterSpec {
             replicas: 2,
-            ..ClusterSpec::default()
+            extra_conf: vec![format!("synchronous_commit = {sync_commit}")],
         })
     })
     .expect("devcluster starts");
