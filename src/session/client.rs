@@ -42,12 +42,18 @@ const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads back the settings a client changed with SET/RESET/set_config: whatever the session set.
 const SESSION_SETTINGS_SQL: &str = "SELECT name, setting FROM pg_settings WHERE source = 'session'";
 
-/// Sleeps for `timeout`, or forever when it is zero (no timer at all then).
-async fn idle_deadline(timeout: Duration) {
-    if timeout.is_zero() {
-        std::future::pending::<()>().await;
+/// A timer for `timeout`, or none when it is zero. Boxed: an idle client without a timeout
+/// then carries no timer state at all.
+fn idle_timer(timeout: Duration) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
+    (!timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(timeout)))
+}
+
+/// Waits for `timer` to fire, or forever when there is none.
+async fn expired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
-    tokio::time::sleep(timeout).await;
 }
 
 /// What a transaction-pooled client carries from one server connection to the next.
@@ -74,6 +80,17 @@ struct Opened {
     tracked: bool,
 }
 
+/// A client logged in and greeted, with the server connection that gave it its parameters.
+struct Greeted<'a> {
+    pool: Arc<Pool>,
+    server: PooledServer,
+    cancel: CancelGuard<'a>,
+    /// The settings its server connections must have (from the startup packet).
+    settings: Vec<(String, String)>,
+    /// Client bytes read past the login.
+    buf: BytesMut,
+}
+
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
@@ -92,55 +109,39 @@ impl<'a> Session<'a> {
         &self,
         stream: &mut Stream,
         startup: &StartupMessage,
-        mut buf: BytesMut,
+        buf: BytesMut,
         started: Instant,
     ) -> Result<RelayEnd, ClientError> {
-        let config = &self.generation.config;
-        let framer = Framer::new(config.limits.max_message_size);
-        if config.admin.is_console(self.database) {
-            return Box::pin(super::console::serve(self, stream, buf, &framer, started)).await;
+        if self.generation.config.admin.is_console(self.database) {
+            let framer = Framer::new(self.generation.config.limits.max_message_size);
+            let console = Box::pin(super::console::serve(self, stream, buf, &framer, started));
+            return console.await;
         }
-        // Futures that run once (login, the first checkout, a session-mode relay) or once per
-        // transaction are boxed: the task of an idle client then holds only the idle loop's state.
-        let login = Box::pin(self.login(stream, startup, &mut buf, &framer));
-        let remaining = config
-            .limits
-            .startup_timeout
-            .saturating_sub(started.elapsed());
-        let settings = tokio::time::timeout(remaining, login)
-            .await
-            .map_err(|_| ClientError::StartupTimeout)??;
-        // AuthenticationOk.
-        stream
-            .write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0])
-            .await
-            .map_err(ClientError::Io)?;
-
-        let pool = self.pool()?;
-        let mut server = Box::pin(self.checkout(stream, &pool, &settings)).await?;
-        let cancel = self.shared.cancels.issue();
-        let mut out = BytesMut::new();
-        for (name, value) in server.conn().params() {
-            backend::encode_parameter_status(name, value, &mut out);
-        }
-        backend::encode_backend_key_data(cancel.key(), &mut out);
-        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
-        let greeted = stream.write_all(&out).await;
-        drop(out);
-        greeted.map_err(ClientError::Io)?;
-        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
-            pool = %pool.name(), mode = ?pool.settings().mode, "client connected");
-
+        // Futures that run once (login, a session-mode relay) or once per transaction are boxed,
+        // each in a statement of its own (a temporary lives to the end of its statement, so an
+        // await in the same statement would keep room for the unboxed future): the task of an
+        // idle client then holds only the idle loop's state.
+        let greet = Box::pin(self.greet(stream, startup, buf, started));
+        let Greeted {
+            pool,
+            mut server,
+            cancel,
+            settings,
+            buf,
+        } = greet.await?;
         match pool.settings().mode {
             PoolMode::Session => {
                 let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
-                let (end, _) =
-                    Box::pin(self.relay(stream, buf, &mut server, &cancel, None, stop_wait)).await;
-                Box::pin(server.release(true)).await;
+                let relay =
+                    Box::pin(self.relay(stream, buf, &mut server, &cancel, None, stop_wait));
+                let (end, _) = relay.await;
+                let release = Box::pin(server.release(true));
+                release.await;
                 end
             }
             PoolMode::Transaction => {
-                Box::pin(server.release(false)).await;
+                let release = Box::pin(server.release(false));
+                release.await;
                 let mut state = ClientState {
                     startup: settings.clone(),
                     settings,
@@ -151,6 +152,50 @@ impl<'a> Session<'a> {
                     .await
             }
         }
+    }
+
+    /// Logs the client in, checks out its first server connection and greets the client with that
+    /// server's parameters, a cancel key and ReadyForQuery.
+    async fn greet(
+        &self,
+        stream: &mut Stream,
+        startup: &StartupMessage,
+        mut buf: BytesMut,
+        started: Instant,
+    ) -> Result<Greeted<'a>, ClientError> {
+        let config = &self.generation.config;
+        let framer = Framer::new(config.limits.max_message_size);
+        let login = self.login(stream, startup, &mut buf, &framer);
+        let remaining = config
+            .limits
+            .startup_timeout
+            .saturating_sub(started.elapsed());
+        let settings = tokio::time::timeout(remaining, login)
+            .await
+            .map_err(|_| ClientError::StartupTimeout)??;
+        let mut out = BytesMut::new();
+        backend::encode_auth(&backend::Authentication::Ok, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+
+        let pool = self.pool()?;
+        let mut server = self.checkout(stream, &pool, &settings).await?;
+        let cancel = self.shared.cancels.issue();
+        out.clear();
+        for (name, value) in server.conn().params() {
+            backend::encode_parameter_status(name, value, &mut out);
+        }
+        backend::encode_backend_key_data(cancel.key(), &mut out);
+        backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+        stream.write_all(&out).await.map_err(ClientError::Io)?;
+        tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
+            pool = %pool.name(), mode = ?pool.settings().mode, "client connected");
+        Ok(Greeted {
+            pool,
+            server,
+            cancel,
+            settings,
+            buf,
+        })
     }
 
     /// Transaction pooling: wait for the client's next message without a server connection, check one
@@ -180,10 +225,11 @@ impl<'a> Session<'a> {
             if buf.is_empty() {
                 // Idle between transactions: give the read buffer back and wait without one.
                 buf = BytesMut::new();
+                let mut timer = idle_timer(idle_timeout);
                 tokio::select! {
                     ready = stream.readable() => ready.map_err(ClientError::Io)?,
                     _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
-                    _ = idle_deadline(idle_timeout) => return Err(ClientError::ClientIdleTimeout),
+                    _ = expired(&mut timer) => return Err(ClientError::ClientIdleTimeout),
                     _ = drain_wait.as_mut(), if close_when_drained => return Err(ClientError::ShuttingDown),
                 }
                 buf.reserve(IDLE_READ);
@@ -215,7 +261,7 @@ impl<'a> Session<'a> {
                 continue;
             }
             let primary_only = std::mem::take(&mut retrying);
-            let (end, rest) = Box::pin(self.transaction(
+            let transaction = Box::pin(self.transaction(
                 stream,
                 buf,
                 pool,
@@ -224,8 +270,8 @@ impl<'a> Session<'a> {
                 cancel,
                 stop_wait.as_mut(),
                 primary_only,
-            ))
-            .await;
+            ));
+            let (end, rest) = transaction.await;
             buf = rest;
             close_when_drained = true;
             if let Ok(RelayEnd::ReadOnlyRetry) = end {

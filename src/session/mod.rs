@@ -291,8 +291,8 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             generation.client_tls.as_ref(),
             generation.config.client_tls.mode,
         ),
-    ))
-    .await;
+    ));
+    let opening = opening.await;
     let (mut stream, startup, buf) = match opening {
         Err(_) => {
             tracing::info!(%peer, "client dropped: no startup packet within startup_timeout");
@@ -303,7 +303,8 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             return;
         }
         Ok(Ok(startup::Opening::Cancel(key))) => {
-            Box::pin(shared.cancels.cancel(key)).await;
+            let cancel = Box::pin(shared.cancels.cancel(key));
+            cancel.await;
             return;
         }
         Ok(Ok(startup::Opening::Session {
@@ -362,7 +363,8 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
                 .get(&database)
                 .unwrap_or(generation.metrics.unknown_database());
             record_error(global, db_metrics, &e);
-            Box::pin(report(&mut stream, &e)).await;
+            let report = Box::pin(report(&mut stream, &e));
+            report.await;
         }
     }
 }
