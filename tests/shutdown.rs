@@ -1,5 +1,6 @@
-//! Graceful shutdown under pgbench load: transaction-pooled clients finish the transaction they are
-//! in, are refused the next one with 57P01, and the drain ends well before `shutdown_timeout`.
+//! Graceful shutdown: under pgbench load, transaction-pooled clients finish the transaction they are
+//! in, are refused the next one with 57P01, and the drain ends well before `shutdown_timeout`;
+//! session-pooled clients are closed at their next idle point.
 
 mod common;
 
@@ -72,4 +73,38 @@ async fn drain_under_pgbench_cuts_no_transaction() {
         stderr.contains("FATAL:  pgsluice is shutting down"),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_clients_close_between_transactions_while_draining() {
+    let yaml = proxy_yaml("mode: session, size: 4", "");
+    let mut config = pgsluice::config::load_str(&yaml, &|_| None).expect("valid config");
+    let timeout = Duration::from_secs(20);
+    config.limits.shutdown_timeout = timeout;
+    let proxy = start_proxy_with(config).await;
+    let idle = proxy.app_client().await;
+    let busy = proxy.app_client().await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    // Between transactions: closed at once.
+    assert!(
+        common::eventually(Duration::from_secs(5), || idle.is_closed()).await,
+        "an idle session-pooled client is closed when the drain begins"
+    );
+    // Inside a transaction: it finishes it, then is closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!busy.is_closed(), "a transaction in progress is not cut");
+    busy.batch_execute("SELECT 2; COMMIT").await.unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || busy.is_closed()).await,
+        "closed after its transaction"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the drain ends once both clients are gone")
+        .unwrap();
+    assert!(started.elapsed() < timeout);
 }

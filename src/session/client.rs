@@ -14,7 +14,7 @@ use tokio_util::sync::WaitForCancellationFuture;
 use super::cancel::{CancelGuard, CancelTarget};
 use super::deadline::Timeouts;
 use super::exchange::{Exchange, Expect};
-use super::relay::{self, Policy, RelayEnd, RelayMetrics, RelayOutcome};
+use super::relay::{self, Drain, Policy, RelayEnd, RelayMetrics, RelayOutcome};
 use super::routing::{metric_labels, ClientRouting, Retry};
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
@@ -132,12 +132,27 @@ impl<'a> Session<'a> {
         match pool.settings().mode {
             PoolMode::Session => {
                 let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
-                let relay =
-                    Box::pin(self.relay(stream, buf, &mut server, &cancel, None, stop_wait));
+                let drain = Drain {
+                    token: &self.shared.draining,
+                    wait: std::pin::pin!(self.shared.draining.cancelled()),
+                };
+                let relay = Box::pin(self.relay(
+                    stream,
+                    buf,
+                    &mut server,
+                    &cancel,
+                    None,
+                    stop_wait,
+                    Some(drain),
+                ));
                 let (end, _) = relay.await;
                 let release = Box::pin(server.release(true));
                 release.await;
-                end
+                match end {
+                    // Session pooling ends at an idle point only when the proxy drains.
+                    Ok(RelayEnd::TransactionDone) => Err(ClientError::ShuttingDown),
+                    other => other,
+                }
             }
             PoolMode::Transaction => {
                 let release = Box::pin(server.release(false));
@@ -313,7 +328,15 @@ impl<'a> Session<'a> {
         };
         state.expected.clear();
         let (end, rest) = self
-            .relay(stream, buf, &mut server, cancel, Some(state), stop_wait)
+            .relay(
+                stream,
+                buf,
+                &mut server,
+                cancel,
+                Some(state),
+                stop_wait,
+                None,
+            )
             .await;
         if let (Ok(RelayEnd::ReadOnlyRetry), Some(retry)) = (&end, retry) {
             let buf = self.read_only_refused(retry, rest);
@@ -329,6 +352,7 @@ impl<'a> Session<'a> {
         if state.expected.capacity() > 64 {
             state.expected = VecDeque::new();
         }
+        tracing::debug!(peer = %self.peer, pool = %server.pool().name(), ?end, "transaction ended");
         // A session that ends releases with the session-mode reset, so state never leaks.
         server.release(reset).await;
         self.client.set_state(Activity::Idle);
@@ -650,6 +674,7 @@ impl<'a> Session<'a> {
 
     /// Relays until the session (or, with `transaction_pooling`, the transaction) ends; records what
     /// the relay saw on the server connection. Returns the client bytes not yet forwarded.
+    #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
         stream: &mut Stream,
@@ -658,6 +683,7 @@ impl<'a> Session<'a> {
         cancel: &CancelGuard<'_>,
         mut state: Option<&mut ClientState>,
         stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
+        drain: Option<Drain<'a, '_>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         let target = CancelTarget {
             pool: server.pool().clone(),
@@ -699,6 +725,7 @@ impl<'a> Session<'a> {
             metrics,
             self.client.stop_token(),
             stop_wait,
+            drain,
             timeouts,
         )
         .await;

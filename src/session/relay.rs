@@ -136,6 +136,8 @@ struct Flight<'m> {
     since: Option<Instant>,
     /// Client messages seen, counted only under `Policy::retry_read_only`.
     client_messages: u32,
+    /// Session pooling while the proxy drains: end at the next idle ReadyForQuery.
+    draining: bool,
 }
 
 impl Flight<'_> {
@@ -426,7 +428,7 @@ impl Pipe {
                         // Held messages went out ahead: the message moved in the buffer.
                         let frame = &self.buf[self.ready..self.ready + available];
                         if observe(header.tag, &frame[5..], flight)?
-                            && policy.transaction_pooling
+                            && (policy.transaction_pooling || flight.draining)
                             && !owed(exchange)
                         {
                             self.stop = Some(RelayEnd::TransactionDone);
@@ -435,7 +437,10 @@ impl Pipe {
                         continue;
                     }
                     let owed = exchange.as_ref().is_some_and(|e| !e.expected.is_empty());
-                    if observe(header.tag, body, flight)? && policy.transaction_pooling && !owed {
+                    if observe(header.tag, body, flight)?
+                        && (policy.transaction_pooling || flight.draining)
+                        && !owed
+                    {
                         self.stop = Some(RelayEnd::TransactionDone);
                     }
                 }
@@ -615,7 +620,15 @@ fn note_request(
         }
     };
     let effects = match std::str::from_utf8(sql) {
-        Ok(sql) => (policy.effects)(sql),
+        Ok(sql) => {
+            // Per-query logging (off unless debug is enabled: a cached level check).
+            tracing::debug!(
+                kind = if tag == b'Q' { "query" } else { "parse" },
+                sql,
+                "client request"
+            );
+            (policy.effects)(sql)
+        }
         Err(_) => QueryEffects {
             pin: Some("SQL the proxy cannot read"),
             ..QueryEffects::default()
@@ -687,8 +700,17 @@ struct Relay<'a, 's, 'w, 'e> {
     stop: &'s CancellationToken,
     stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
     stop_registered: bool,
+    /// Session pooling: the proxy's drain, registered like `stop`.
+    drain: Option<Drain<'s, 'w>>,
     /// The timeouts' timer, when any is set.
     deadlines: Option<Deadlines>,
+}
+
+/// A session-pooled relay's view of the proxy draining (graceful shutdown, upgrade): the token,
+/// and `token.cancelled()` owned by the caller.
+pub struct Drain<'s, 'w> {
+    pub token: &'s CancellationToken,
+    pub wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
 }
 
 impl Future for Relay<'_, '_, '_, '_> {
@@ -704,6 +726,9 @@ impl Future for Relay<'_, '_, '_, '_> {
                 return Poll::Ready(RelayEnd::Shutdown);
             }
             this.stop_registered = true;
+        }
+        if this.drain_started(cx) {
+            return Poll::Ready(RelayEnd::TransactionDone);
         }
         let policy = this.policy;
         loop {
@@ -738,6 +763,27 @@ impl Future for Relay<'_, '_, '_, '_> {
 }
 
 impl Relay<'_, '_, '_, '_> {
+    /// Session pooling: whether the drain just began while the client is between transactions
+    /// (then the relay ends now); later idle points end it in `scan`. A client that connected
+    /// during the drain runs until its first transaction ends.
+    fn drain_started(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(drain) = self.drain.as_mut() else {
+            return false;
+        };
+        if !drain.token.is_cancelled() && drain.wait.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.drain = None;
+        if self.flight.draining {
+            return false;
+        }
+        self.flight.draining = true;
+        self.flight.pending == 0
+            && self.flight.status == TransactionStatus::Idle
+            && !self.flight.unsynced
+            && self.releasable()
+    }
+
     /// With both directions waiting: whether a timeout ends the relay (a query timeout only
     /// cancels the query; its error then flows like any other).
     fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
@@ -768,7 +814,9 @@ impl Relay<'_, '_, '_, '_> {
 /// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
 /// caller so a session can keep one registered across transactions). `client_buf` holds client
 /// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
-/// statements (transaction pooling). `timeouts` are enforced while relaying.
+/// statements (transaction pooling). `timeouts` are enforced while relaying. With `drain`
+/// (session pooling), a relay that sees the proxy draining ends with `TransactionDone` at the
+/// client's next idle point, so no transaction is cut.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<'s>(
     client: &mut Stream,
@@ -781,8 +829,10 @@ pub async fn relay<'s>(
     metrics: RelayMetrics<'_>,
     stop: &'s CancellationToken,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
+    drain: Option<Drain<'s, '_>>,
     timeouts: Timeouts,
 ) -> RelayOutcome {
+    let draining = drain.as_ref().is_some_and(|d| d.token.is_cancelled());
     let deadlines = Deadlines::new(timeouts);
     let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
     if policy.retry_read_only {
@@ -808,12 +858,14 @@ pub async fn relay<'s>(
             bytes_to_client: 0,
             since: deadlines.as_ref().map(|_| Instant::now()),
             client_messages: 0,
+            draining,
         },
         policy,
         exchange,
         stop,
         stop_wait,
         stop_registered: false,
+        drain,
         deadlines,
     };
     let end = (&mut relay).await;
