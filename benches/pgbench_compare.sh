@@ -22,7 +22,8 @@
 #   -I N      idle mode: instead of pgbench, log N idle clients into each proxy (benches/idle_clients.py)
 #             and report the proxy's resident memory per idle client (env IDLE_CLIENTS)
 # Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
-# Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "limits: { worker_threads: 1 }").
+# Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "health: { enabled: false }").
+# Env PGSLUICE_WORKERS sets pgsluice's limits.worker_threads (default: one per CPU).
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
 set -euo pipefail
@@ -228,7 +229,7 @@ if wants pgsluice; then
 listeners: [{ address: "127.0.0.1:${PORT[pgsluice]}" }]
 auth: { method: trust }
 pool: { mode: $POOL_MODE, size: $POOL_SIZE }
-limits: { max_client_conn: $CLIENT_LIMIT }
+limits: { max_client_conn: $CLIENT_LIMIT${PGSLUICE_WORKERS:+, worker_threads: $PGSLUICE_WORKERS} }
 users: [{ name: postgres }]
 databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
 ${PGSLUICE_EXTRA_YAML:-}

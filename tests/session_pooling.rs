@@ -289,6 +289,15 @@ async fn full_pool_waits_then_fails_with_a_clear_error() {
 async fn waiters_are_served_in_arrival_order() {
     let proxy = start_proxy(&proxy_yaml("size: 1, checkout_timeout: 20s", "")).await;
     let holder = proxy.app_client().await;
+    let pool = proxy
+        .app
+        .shared()
+        .generation
+        .load()
+        .pools
+        .get("sluice", "app", pgsluice::topology::NodeId(0))
+        .unwrap()
+        .clone();
     let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -300,7 +309,12 @@ async fn waiters_are_served_in_arrival_order() {
             order.lock().unwrap().push(i);
             client.batch_execute("SELECT pg_sleep(0.05)").await.unwrap();
         }));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Queued before the next one starts (its login may take a while on a busy machine).
+        let queued = eventually(Duration::from_secs(10), || {
+            pool.metrics().clients_waiting.get() == i + 1
+        })
+        .await;
+        assert!(queued, "client {i} is waiting for the connection");
     }
     drop(holder);
     for task in tasks {

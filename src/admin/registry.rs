@@ -60,6 +60,9 @@ pub struct ClientEntry {
     requested_us: AtomicU64,
     pinned: OnceLock<&'static str>,
     killed: AtomicBool,
+    /// Set before `stop` is cancelled (KILL, or the process stopping): sessions check this atomic
+    /// on their hot path, since `CancellationToken::is_cancelled` takes a lock.
+    stopping: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -117,10 +120,17 @@ impl ClientEntry {
     /// Ends the session (admin `KILL`).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
+        self.stopping.store(true, Ordering::Release);
         self.stop.cancel();
     }
 
     /// Whether the session was ended by [`ClientEntry::kill`].
+    /// Whether the session must stop now (KILL, or the process stopping): one atomic load, for
+    /// the relay to check on every wake-up. Its stop token is cancelled just after this is set.
+    pub fn stopping(&self) -> &AtomicBool {
+        &self.stopping
+    }
+
     pub fn killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
     }
@@ -134,6 +144,15 @@ pub struct ClientRegistry {
 }
 
 impl ClientRegistry {
+    /// Marks every client as stopping; call just before cancelling the process-wide stop token (a
+    /// client registered after that is born with its token cancelled, which sessions check when
+    /// they first wait on it).
+    pub fn stop_all(&self) {
+        for entry in self.clients.iter() {
+            entry.stopping.store(true, Ordering::Release);
+        }
+    }
+
     /// Adds a client in state `Login`; it is removed when the returned handle drops. Its stop token
     /// is a child of `parent`, so stopping the process stops it too.
     pub fn register(
@@ -155,6 +174,7 @@ impl ClientRegistry {
             requested_us: AtomicU64::new(0),
             pinned: OnceLock::new(),
             killed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             stop: parent.child_token(),
         });
         self.clients.insert(id, entry.clone());

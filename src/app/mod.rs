@@ -246,6 +246,7 @@ impl App {
         self.lifecycle.listening.store(true, Ordering::Relaxed);
         self.control_until_shutdown(&shutdown).await;
         self.lifecycle.draining.store(true, Ordering::Relaxed);
+        self.shared.drain_started.store(true, Ordering::Release);
         self.shared.draining.cancel();
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);
@@ -264,6 +265,7 @@ impl App {
                 clients = sessions.len(),
                 "shutdown_timeout reached: closing remaining clients"
             );
+            self.shared.registry.stop_all();
             self.shared.stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, sessions.wait()).await;
         }

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,7 +134,7 @@ impl<'a> Session<'a> {
             PoolMode::Session => {
                 let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
                 let drain = Drain {
-                    token: &self.shared.draining,
+                    started: &self.shared.drain_started,
                     wait: std::pin::pin!(self.shared.draining.cancelled()),
                 };
                 let relay = Box::pin(self.relay(
@@ -232,9 +233,10 @@ impl<'a> Session<'a> {
         // Draining: close between transactions with 57P01; a client accepted while draining (from
         // the backlog) first gets one transaction, so its connect is not wasted.
         let mut drain_wait = std::pin::pin!(self.shared.draining.cancelled());
-        let mut close_when_drained = !self.shared.draining.is_cancelled();
+        let drain_started = &self.shared.drain_started;
+        let mut close_when_drained = !drain_started.load(Ordering::Acquire);
         loop {
-            if close_when_drained && self.shared.draining.is_cancelled() {
+            if close_when_drained && drain_started.load(Ordering::Acquire) {
                 return Err(ClientError::ShuttingDown);
             }
             if buf.is_empty() {
@@ -702,6 +704,7 @@ impl<'a> Session<'a> {
             transaction_pooling: state.is_some(),
             effects: pins::query_effects,
             retry_read_only: state.as_ref().is_some_and(|s| s.retry_read_only),
+            log_queries: tracing::enabled!(tracing::Level::DEBUG),
         };
         let (server_stream, prepared) = conn.parts_mut();
         prepared.set_capacity(capacity);
@@ -723,7 +726,7 @@ impl<'a> Session<'a> {
             policy,
             exchange,
             metrics,
-            self.client.stop_token(),
+            self.client.stopping(),
             stop_wait,
             drain,
             timeouts,

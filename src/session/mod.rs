@@ -234,6 +234,9 @@ pub struct Shared {
     /// Fired when the proxy starts draining (stopped accepting). Transaction-pooled clients then
     /// finish the transaction they are in and are closed with 57P01 when next idle.
     pub draining: CancellationToken,
+    /// Set just before `draining` is cancelled: what sessions check between transactions (one
+    /// atomic load; `CancellationToken::is_cancelled` takes a lock).
+    pub drain_started: std::sync::atomic::AtomicBool,
     /// Named prepared statements of transaction-pooled clients, proxy-wide.
     pub statements: statements::StatementCache,
     /// Connected clients as the admin console lists them.
@@ -250,6 +253,7 @@ impl Shared {
             clients: AtomicUsize::new(0),
             stop: CancellationToken::new(),
             draining: CancellationToken::new(),
+            drain_started: std::sync::atomic::AtomicBool::new(false),
             statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
             registry: ClientRegistry::default(),
             control: Control::default(),

@@ -13,13 +13,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::WaitForCancellationFuture;
 
 use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
@@ -72,6 +73,8 @@ pub struct Policy {
     /// Hold the server's first messages until the client's only request is known not to have
     /// failed with 25006 (see [`super::retry`]); set only for replica-routed simple queries.
     pub retry_read_only: bool,
+    /// Log each Query and Parse at debug level (read whole; only when debug logging is on).
+    pub log_queries: bool,
 }
 
 impl std::fmt::Debug for Policy {
@@ -384,8 +387,9 @@ impl Pipe {
             let rewriting = exchange.is_some();
             let needs_whole = match self.source {
                 Source::Client => {
-                    policy.transaction_pooling
-                        && matches!(header.tag, b'P' | b'Q' | b'B' | b'D' | b'C')
+                    (policy.transaction_pooling
+                        && matches!(header.tag, b'P' | b'Q' | b'B' | b'D' | b'C'))
+                        || (policy.log_queries && matches!(header.tag, b'P' | b'Q'))
                 }
                 Source::Server => {
                     matches!(header.tag, b'Z' | b'S' | b'E')
@@ -607,7 +611,7 @@ fn note_request(
         }
         _ => {}
     }
-    if !policy.transaction_pooling || !matches!(tag, b'Q' | b'P') {
+    if body.is_empty() || !matches!(tag, b'Q' | b'P') {
         return None;
     }
     let sql = match tag {
@@ -627,8 +631,12 @@ fn note_request(
                 sql,
                 "client request"
             );
+            if !policy.transaction_pooling {
+                return None;
+            }
             (policy.effects)(sql)
         }
+        Err(_) if !policy.transaction_pooling => return None,
         Err(_) => QueryEffects {
             pin: Some("SQL the proxy cannot read"),
             ..QueryEffects::default()
@@ -695,21 +703,23 @@ struct Relay<'a, 's, 'w, 'e> {
     policy: Policy,
     /// Named prepared statements under transaction pooling (`None` in session pooling).
     exchange: Option<Exchange<'e>>,
-    /// Fires when the proxy must stop now. Polled once to register this task's waker, then only
-    /// checked with an atomic load, so a wake-up costs no lock.
-    stop: &'s CancellationToken,
+    /// Set when the proxy must stop now, just before the token `stop_wait` waits on is cancelled.
+    /// `stop_wait` is polled once to register this task's waker; after that only this atomic is
+    /// checked, so a wake-up costs no lock (`CancellationToken::is_cancelled` takes one).
+    stop: &'s AtomicBool,
     stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
     stop_registered: bool,
     /// Session pooling: the proxy's drain, registered like `stop`.
     drain: Option<Drain<'s, 'w>>,
+    drain_registered: bool,
     /// The timeouts' timer, when any is set.
     deadlines: Option<Deadlines>,
 }
 
-/// A session-pooled relay's view of the proxy draining (graceful shutdown, upgrade): the token,
-/// and `token.cancelled()` owned by the caller.
+/// A session-pooled relay's view of the proxy draining (graceful shutdown, upgrade): the flag set
+/// when it starts, and the wait on the drain token (owned by the caller), polled once to register.
 pub struct Drain<'s, 'w> {
-    pub token: &'s CancellationToken,
+    pub started: &'s AtomicBool,
     pub wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
 }
 
@@ -718,7 +728,7 @@ impl Future for Relay<'_, '_, '_, '_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
-        if this.stop.is_cancelled() {
+        if this.stop.load(Ordering::Acquire) {
             return Poll::Ready(RelayEnd::Shutdown);
         }
         if !this.stop_registered {
@@ -770,8 +780,14 @@ impl Relay<'_, '_, '_, '_> {
         let Some(drain) = self.drain.as_mut() else {
             return false;
         };
-        if !drain.token.is_cancelled() && drain.wait.as_mut().poll(cx).is_pending() {
-            return false;
+        if !drain.started.load(Ordering::Acquire) {
+            if self.drain_registered {
+                return false;
+            }
+            self.drain_registered = true;
+            if drain.wait.as_mut().poll(cx).is_pending() {
+                return false;
+            }
         }
         self.drain = None;
         if self.flight.draining {
@@ -827,12 +843,14 @@ pub async fn relay<'s>(
     policy: Policy,
     exchange: Option<Exchange<'_>>,
     metrics: RelayMetrics<'_>,
-    stop: &'s CancellationToken,
+    stop: &'s AtomicBool,
     stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
     drain: Option<Drain<'s, '_>>,
     timeouts: Timeouts,
 ) -> RelayOutcome {
-    let draining = drain.as_ref().is_some_and(|d| d.token.is_cancelled());
+    let draining = drain
+        .as_ref()
+        .is_some_and(|d| d.started.load(Ordering::Acquire));
     let deadlines = Deadlines::new(timeouts);
     let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
     if policy.retry_read_only {
@@ -866,6 +884,7 @@ pub async fn relay<'s>(
         stop_wait,
         stop_registered: false,
         drain,
+        drain_registered: false,
         deadlines,
     };
     let end = (&mut relay).await;
