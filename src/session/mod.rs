@@ -9,6 +9,7 @@ mod console;
 pub mod deadline;
 mod error;
 pub mod exchange;
+mod flight;
 pub mod limits;
 pub mod params;
 mod pins;

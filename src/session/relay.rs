@@ -24,11 +24,12 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
+pub use super::flight::RelayMetrics;
+use super::flight::{note_request, observe, Flight, Source, StatementDrop};
 use super::pins::QueryEffects;
 use super::retry::{Hold, HoldStep};
-use crate::metrics::{DatabaseMetrics, PoolMetrics};
 use crate::net::Stream;
-use crate::protocol::backend::{self, TransactionStatus};
+use crate::protocol::backend::TransactionStatus;
 use crate::protocol::frame::{Passthrough, Step};
 use crate::protocol::ProtocolError;
 use crate::server::ServerState;
@@ -105,110 +106,6 @@ pub struct RelayOutcome {
     /// The client dropped named statements in SQL (DEALLOCATE, DISCARD ALL): the server
     /// connection's prepared set is no longer known.
     pub statements_dropped: bool,
-}
-
-/// Where the relay records what it forwards: the pool's query, transaction and byte counters, and
-/// the database's errors by SQLSTATE class.
-#[derive(Clone, Copy, Debug)]
-pub struct RelayMetrics<'m> {
-    pub pool: &'m PoolMetrics,
-    pub database: &'m DatabaseMetrics,
-}
-
-/// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
-#[derive(Debug)]
-struct Flight<'m> {
-    pending: i64,
-    status: TransactionStatus,
-    parameters: Vec<(String, String)>,
-    /// Extended-protocol messages forwarded since the last Sync.
-    unsynced: bool,
-    pinned: Option<&'static str>,
-    settings_changed: bool,
-    statements_dropped: bool,
-    metrics: RelayMetrics<'m>,
-    /// When the oldest unanswered request began (its first message); `None` while none is out.
-    query_start: Option<Instant>,
-    /// When the current transaction's first message arrived; `None` between transactions.
-    transaction_start: Option<Instant>,
-    /// Bytes written to the server and to the client since the last flush to `metrics`.
-    bytes_to_server: u64,
-    bytes_to_client: u64,
-    /// When the state last changed (a request started or was answered, an idle client sent
-    /// something); kept only when a timeout is set.
-    since: Option<Instant>,
-    /// Client messages seen, counted only under `Policy::retry_read_only`.
-    client_messages: u32,
-    /// Session pooling while the proxy drains: end at the next idle ReadyForQuery.
-    draining: bool,
-}
-
-impl Flight<'_> {
-    /// Notes a state change for the timeouts (a clock read only when one is set).
-    fn touch(&mut self) {
-        if let Some(since) = self.since.as_mut() {
-            *since = Instant::now();
-        }
-    }
-
-    /// A request message arrived: starts the query (and transaction) clocks if they are stopped.
-    #[inline]
-    fn request_started(&mut self) {
-        if self.query_start.is_none() {
-            let now = Instant::now();
-            self.query_start = Some(now);
-            self.transaction_start.get_or_insert(now);
-        }
-    }
-
-    /// A ReadyForQuery arrived (after `pending` and `status` were updated): records the query, and
-    /// the transaction if it ended.
-    fn request_answered(&mut self) {
-        let now = Instant::now();
-        if let Some(start) = self.query_start.take() {
-            self.metrics.pool.queries.inc();
-            self.metrics.pool.query_duration.observe(now - start);
-        }
-        if self.pending > 0 {
-            // Pipelined: the next answer is timed from this one.
-            self.query_start = Some(now);
-        }
-        if self.status == TransactionStatus::Idle {
-            if let Some(start) = self.transaction_start.take() {
-                self.metrics.pool.transactions.inc();
-                self.metrics.pool.transaction_duration.observe(now - start);
-            }
-            self.flush_bytes();
-        }
-    }
-
-    /// Adds the bytes counted since the last flush to the pool's counters.
-    fn flush_bytes(&mut self) {
-        if self.bytes_to_server > 0 {
-            self.metrics.pool.bytes_received.add(self.bytes_to_server);
-            self.bytes_to_server = 0;
-        }
-        if self.bytes_to_client > 0 {
-            self.metrics.pool.bytes_sent.add(self.bytes_to_client);
-            self.bytes_to_client = 0;
-        }
-    }
-
-    /// Counts `n` bytes written by the pipe reading from `source`.
-    #[inline]
-    fn wrote(&mut self, source: Source, n: usize) {
-        match source {
-            Source::Client => self.bytes_to_server += n as u64,
-            Source::Server => self.bytes_to_client += n as u64,
-        }
-    }
-}
-
-/// Which end a pipe reads from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Client,
-    Server,
 }
 
 /// One direction: a buffer, the header walker, and how much of the buffer is ready to write.
@@ -571,126 +468,9 @@ impl Pipe {
     }
 }
 
-/// Named statements a simple query drops from the client's view.
-enum StatementDrop {
-    /// `DEALLOCATE ALL`, `DISCARD ALL`.
-    All,
-    /// `DEALLOCATE name` (the whole query string).
-    Named(String),
-}
-
-/// Tracks what a client request means for the server connection: requests awaiting ReadyForQuery,
-/// extended-protocol messages awaiting Sync, and session state. Returns the client statements a
-/// simple query drops.
-fn note_request(
-    tag: u8,
-    body: &[u8],
-    flight: &mut Flight<'_>,
-    policy: Policy,
-) -> Option<StatementDrop> {
-    if flight.pending == 0 {
-        flight.touch();
-    }
-    if policy.retry_read_only {
-        flight.client_messages += 1;
-    }
-    match tag {
-        // Each of these is answered by exactly one ReadyForQuery.
-        b'Q' | b'F' => {
-            flight.request_started();
-            flight.pending += 1;
-        }
-        b'S' => {
-            flight.request_started();
-            flight.pending += 1;
-            flight.unsynced = false;
-        }
-        b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => {
-            flight.request_started();
-            flight.unsynced = true;
-        }
-        _ => {}
-    }
-    if body.is_empty() || !matches!(tag, b'Q' | b'P') {
-        return None;
-    }
-    let sql = match tag {
-        b'Q' => body.strip_suffix(&[0]).unwrap_or(body),
-        // Parse: the query text follows the statement name.
-        _ => {
-            let name_end = body.iter().position(|b| *b == 0)?;
-            let rest = &body[name_end + 1..];
-            &rest[..rest.iter().position(|b| *b == 0)?]
-        }
-    };
-    let effects = match std::str::from_utf8(sql) {
-        Ok(sql) => {
-            // Per-query logging (off unless debug is enabled: a cached level check).
-            tracing::debug!(
-                kind = if tag == b'Q' { "query" } else { "parse" },
-                sql,
-                "client request"
-            );
-            if !policy.transaction_pooling {
-                return None;
-            }
-            (policy.effects)(sql)
-        }
-        Err(_) if !policy.transaction_pooling => return None,
-        Err(_) => QueryEffects {
-            pin: Some("SQL the proxy cannot read"),
-            ..QueryEffects::default()
-        },
-    };
-    if flight.pinned.is_none() {
-        flight.pinned = effects.pin;
-    }
-    flight.settings_changed |= effects.settings;
-    if tag != b'Q' {
-        return None;
-    }
-    if effects.forget_all_statements {
-        return Some(StatementDrop::All);
-    }
-    effects.deallocate.map(StatementDrop::Named)
-}
-
 /// Whether the statement exchange still owes the client responses.
 fn owed(exchange: &Option<Exchange<'_>>) -> bool {
     exchange.as_ref().is_some_and(|e| !e.expected.is_empty())
-}
-
-/// Records what a server message says; true at a release point (idle, nothing owed, not pinned).
-fn observe(tag: u8, body: &[u8], flight: &mut Flight<'_>) -> Result<bool, ProtocolError> {
-    if tag == b'Z' {
-        flight.status = backend::ready_for_query_status(body)?;
-        flight.pending -= 1;
-        flight.request_answered();
-        flight.touch();
-        return Ok(flight.pending == 0
-            && flight.status == TransactionStatus::Idle
-            && !flight.unsynced
-            && flight.pinned.is_none());
-    }
-    if tag == b'E' {
-        let code = backend::error_code(body).unwrap_or_default();
-        flight
-            .metrics
-            .database
-            .error(std::str::from_utf8(code).unwrap_or_default());
-        return Ok(false);
-    }
-    if tag != b'S' {
-        return Ok(false);
-    }
-    let mut parts = body.split(|b| *b == 0);
-    let name = parts.next().unwrap_or_default();
-    let value = parts.next().unwrap_or_default();
-    flight.parameters.push((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ));
-    Ok(false)
 }
 
 /// Both directions of one client/server pair.
