@@ -109,7 +109,7 @@ impl<'a> Session<'a> {
     pub async fn serve(
         &self,
         stream: &mut Stream,
-        startup: &StartupMessage,
+        startup: StartupMessage,
         buf: BytesMut,
         started: Instant,
     ) -> Result<RelayEnd, ClientError> {
@@ -175,13 +175,15 @@ impl<'a> Session<'a> {
     async fn greet(
         &self,
         stream: &mut Stream,
-        startup: &StartupMessage,
+        startup: StartupMessage,
         mut buf: BytesMut,
         started: Instant,
     ) -> Result<Greeted<'a>, ClientError> {
         let config = &self.generation.config;
         let framer = Framer::new(config.limits.max_message_size);
-        let login = self.login(stream, startup, &mut buf, &framer);
+        // The startup packet is dropped once the client is logged in (its user and database are
+        // kept as strings by the caller).
+        let login = self.login(stream, &startup, &mut buf, &framer);
         let remaining = config
             .limits
             .startup_timeout

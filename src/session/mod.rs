@@ -343,7 +343,7 @@ pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, w
             worker,
             client: &client,
         };
-        match session.serve(&mut stream, &startup, buf, started).await {
+        match session.serve(&mut stream, startup, buf, started).await {
             Err(ClientError::ShuttingDown) if client.killed() => Err(ClientError::Killed),
             other => other,
         }
