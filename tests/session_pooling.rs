@@ -252,9 +252,14 @@ async fn client_gone_mid_transaction_never_leaks_the_transaction() {
 async fn full_pool_waits_then_fails_with_a_clear_error() {
     let proxy = start_proxy(&proxy_yaml("size: 1, checkout_timeout: 700ms", "")).await;
     let holder = proxy.app_client().await;
-    let started = Instant::now();
-    let err = proxy
+    // Greeted at once (from the pool's server parameters); the wait is at the first query.
+    let waiter = proxy
         .connect("app", "app-pass", "sluice")
+        .await
+        .expect("login does not wait for a connection");
+    let started = Instant::now();
+    let err = waiter
+        .simple_query("SELECT 1")
         .await
         .expect_err("pool of one is taken");
     let waited = started.elapsed();
@@ -274,7 +279,11 @@ async fn full_pool_waits_then_fails_with_a_clear_error() {
     // A waiter gets the connection as soon as the holder leaves.
     let waiter = tokio::spawn({
         let config = proxy.pg_config("app", "app-pass", "sluice");
-        async move { config.connect(tokio_postgres::NoTls).await.map(|_| ()) }
+        async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.map(|_| ())
+        }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(holder);
@@ -306,8 +315,9 @@ async fn waiters_are_served_in_arrival_order() {
         tasks.push(tokio::spawn(async move {
             let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
-            order.lock().unwrap().push(i);
+            // Served (and finished) in the order the queries queued for the one connection.
             client.batch_execute("SELECT pg_sleep(0.05)").await.unwrap();
+            order.lock().unwrap().push(i);
         }));
         // Queued before the next one starts (its login may take a while on a busy machine).
         let queued = eventually(Duration::from_secs(10), || {
@@ -465,5 +475,54 @@ async fn startup_parameters_reach_the_server_and_bad_ones_fail_the_login() {
     assert_eq!(sqlstate(&err).as_deref(), Some("22023"));
     // The pool's only connection survived the failed login.
     proxy.app_client().await;
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_sessions_than_connections_log_in_and_take_turns() {
+    let proxy = start_proxy(&proxy_yaml("size: 4, checkout_timeout: 60s", "")).await;
+    // One session first, so the pool knows its server's parameters.
+    proxy
+        .app_client()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    let script = std::env::temp_dir().join(format!("pgsluice-select1-{}.sql", std::process::id()));
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    // pgbench logs all 16 clients in before running any: with logins waiting for one of the 4
+    // connections this could never start.
+    let run = common::pgbench(
+        proxy.addr.port(),
+        &[
+            "-n",
+            "-f",
+            script.to_str().unwrap(),
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-t",
+            "20",
+            "sluice",
+        ],
+    )
+    .kill_on_drop(true)
+    .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("pgbench finishes")
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("number of transactions actually processed: 320/320"),
+        "{stdout}"
+    );
     proxy.stop().await;
 }

@@ -101,7 +101,14 @@ pub struct Pool {
     /// Number of the newest housekeeping task: a reload that keeps the pool starts a new one, and
     /// the superseded task must then stop without closing the idle connections.
     maintainer: AtomicUsize,
+    /// The parameters (ParameterStatus) of the first server connection this pool opened, before
+    /// any client's settings: what a session-pooled client is greeted with when every connection
+    /// is taken, so that it waits at its first query rather than at login.
+    greeting: Mutex<Option<ServerParams>>,
 }
+
+/// A server's parameters as it reported them (ParameterStatus), shared.
+pub type ServerParams = Arc<[(String, String)]>;
 
 /// One idle server connection as admin views show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,7 +152,20 @@ impl Pool {
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             maintainer: AtomicUsize::new(0),
+            greeting: Mutex::new(None),
         })
+    }
+
+    /// The server parameters to greet a client with while every connection is taken (`None`
+    /// until the pool has opened a connection, or while a slot is free).
+    pub fn greeting_when_full(&self) -> Option<ServerParams> {
+        if self.permits.available_permits() > 0 {
+            return None;
+        }
+        self.greeting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Where this pool's metrics go; the relay records queries, transactions and bytes here.
@@ -298,7 +318,16 @@ impl Pool {
     async fn connect_counted(&self, worker: WorkerId) -> Result<ServerConnection, ServerError> {
         let connected = self.connect.connect(worker).await;
         match &connected {
-            Ok(_) => self.metrics.server_connects.inc(),
+            Ok(conn) => {
+                self.metrics.server_connects.inc();
+                let mut greeting = self
+                    .greeting
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if greeting.is_none() {
+                    *greeting = Some(conn.params().into());
+                }
+            }
             Err(_) => self.metrics.server_connect_errors.inc(),
         }
         connected

@@ -84,7 +84,8 @@ struct Opened {
 /// A client logged in and greeted, with the server connection that gave it its parameters.
 struct Greeted<'a> {
     pool: Arc<Pool>,
-    server: PooledServer,
+    /// `None` when a session-pooled client was greeted while every connection was taken.
+    server: Option<PooledServer>,
     cancel: CancelGuard<'a>,
     /// The settings its server connections must have (from the startup packet).
     settings: Vec<(String, String)>,
@@ -125,14 +126,29 @@ impl<'a> Session<'a> {
         let greet = Box::pin(self.greet(stream, startup, buf, started));
         let Greeted {
             pool,
-            mut server,
+            server,
             cancel,
             settings,
             buf,
         } = greet.await?;
         match pool.settings().mode {
             PoolMode::Session => {
-                let stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
+                let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
+                let mut server = match server {
+                    Some(server) => server,
+                    None => {
+                        // Greeted without a connection: take one when the client sends its first
+                        // message (checkout_timeout and the waiting notice apply).
+                        if buf.is_empty() {
+                            tokio::select! {
+                                ready = stream.readable() => ready.map_err(ClientError::Io)?,
+                                _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
+                            }
+                        }
+                        let checkout = Box::pin(self.checkout(stream, &pool, &settings));
+                        checkout.await?
+                    }
+                };
                 let drain = Drain {
                     started: &self.shared.drain_started,
                     wait: std::pin::pin!(self.shared.draining.cancelled()),
@@ -156,8 +172,10 @@ impl<'a> Session<'a> {
                 }
             }
             PoolMode::Transaction => {
-                let release = Box::pin(server.release(false));
-                release.await;
+                if let Some(server) = server {
+                    let release = Box::pin(server.release(false));
+                    release.await;
+                }
                 let mut state = ClientState {
                     startup: settings.clone(),
                     settings,
@@ -196,11 +214,34 @@ impl<'a> Session<'a> {
         stream.write_all(&out).await.map_err(ClientError::Io)?;
 
         let pool = self.pool()?;
-        let mut server = self.checkout(stream, &pool, &settings).await?;
+        // Session pooling with every connection taken: greet from the pool's server parameters
+        // (with this client's own settings) and wait for a connection at the first query, as
+        // PgBouncer does, so a login is never stuck behind other sessions.
+        let deferred = match pool.settings().mode {
+            PoolMode::Session => pool.greeting_when_full(),
+            PoolMode::Transaction => None,
+        };
+        let mut server = match deferred {
+            Some(_) => None,
+            None => Some(self.checkout(stream, &pool, &settings).await?),
+        };
         let cancel = self.shared.cancels.issue();
         out.clear();
-        for (name, value) in server.conn().params() {
-            backend::encode_parameter_status(name, value, &mut out);
+        match (server.as_mut(), deferred.as_deref()) {
+            (Some(server), _) => {
+                for (name, value) in server.conn().params() {
+                    backend::encode_parameter_status(name, value, &mut out);
+                }
+            }
+            (None, params) => {
+                for (name, value) in params.unwrap_or_default() {
+                    let value = settings
+                        .iter()
+                        .find(|(setting, _)| setting.eq_ignore_ascii_case(name))
+                        .map_or(value, |(_, own)| own);
+                    backend::encode_parameter_status(name, value, &mut out);
+                }
+            }
         }
         backend::encode_backend_key_data(cancel.key(), &mut out);
         backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
