@@ -94,16 +94,8 @@ pub fn spawn_with_metrics(
             on_down.clone(),
         ));
         for (index, node) in database.nodes.iter().enumerate() {
-            let connect = ConnectParams {
-                host: node.host.clone(),
-                port: node.port,
-                user: user.server_user().to_string(),
-                password: user.server_password().map(str::to_string),
-                database: database.server_database().to_string(),
-                tls: tls.clone(),
-                connect_timeout: health.timeout,
-                max_message_size: config.limits.max_message_size,
-            };
+            let connect =
+                ConnectParams::for_node(config, database, user, node, tls, health.timeout);
             let checker = checker::Checker {
                 node: NodeId(index),
                 name: node.display_name(),

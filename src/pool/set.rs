@@ -50,16 +50,14 @@ impl PoolSet {
             for user in &config.users {
                 let settings = config.pool_settings(database, user);
                 for (index, node) in database.nodes.iter().enumerate() {
-                    let connect = ConnectParams {
-                        host: node.host.clone(),
-                        port: node.port,
-                        user: user.server_user().to_string(),
-                        password: user.server_password().map(str::to_string),
-                        database: database.server_database().to_string(),
-                        tls: tls.clone(),
-                        connect_timeout: settings.server_connect_timeout,
-                        max_message_size: config.limits.max_message_size,
-                    };
+                    let connect = ConnectParams::for_node(
+                        config,
+                        database,
+                        user,
+                        node,
+                        tls,
+                        settings.server_connect_timeout,
+                    );
                     let name = format!("{}/{}@{}", database.name, user.name, node.display_name());
                     let key = PoolKey {
                         database: database.name.clone(),

@@ -40,6 +40,28 @@ impl std::fmt::Debug for ConnectParams {
 }
 
 impl ConnectParams {
+    /// How to reach `node` of `database` as `user`'s server-side login (what pools and health
+    /// checkers both connect with), giving up after `connect_timeout`.
+    pub fn for_node(
+        config: &crate::config::Config,
+        database: &crate::config::DatabaseConfig,
+        user: &crate::config::UserConfig,
+        node: &crate::config::NodeConfig,
+        tls: &ServerTlsConnector,
+        connect_timeout: Duration,
+    ) -> ConnectParams {
+        ConnectParams {
+            host: node.host.clone(),
+            port: node.port,
+            user: user.server_user().to_string(),
+            password: user.server_password().map(str::to_string),
+            database: database.server_database().to_string(),
+            tls: tls.clone(),
+            connect_timeout,
+            max_message_size: config.limits.max_message_size,
+        }
+    }
+
     /// Opens, authenticates and readies a connection on the runtime of `worker` (the caller's);
     /// the whole exchange is bounded by `connect_timeout`.
     pub async fn connect(&self, worker: WorkerId) -> Result<ServerConnection, ServerError> {
