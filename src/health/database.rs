@@ -102,13 +102,24 @@ impl DatabaseHealth {
         true
     }
 
-    /// The WAL position lag is measured against: the furthest of the primaries not down.
+    /// The WAL position lag is measured against: the furthest of the primaries not down, or the
+    /// furthest any replica has received if that is further. A primary whose last check failed
+    /// (not yet down) has an old position; a replica with replay paused keeps receiving WAL, so
+    /// it never looks caught up against that old position.
     fn primary_lsn(&self) -> Option<Lsn> {
-        self.nodes
+        let primary = self
+            .nodes
             .iter()
             .filter(|n| n.tracker.role() == Role::Primary && n.tracker.health() != Health::Down)
             .filter_map(|n| n.tracker.last()?.lsn)
-            .max()
+            .max()?;
+        let received = self
+            .nodes
+            .iter()
+            .filter(|n| n.tracker.role() == Role::Replica)
+            .filter_map(|n| n.tracker.last()?.receive_lsn)
+            .max();
+        Some(received.map_or(primary, |received| primary.max(received)))
     }
 
     /// Recomputes every replica's lag and freshness. Without a primary position, replicas keep
@@ -284,6 +295,18 @@ mod tests {
         let changes = db.record(NodeId(1), replica(1600, 2000, 1), MS);
         assert_eq!(changes.len(), 1);
         assert_eq!(db.snapshot().nodes[1].freshness, Freshness::Fresh);
+    }
+
+    #[test]
+    fn a_stale_primary_position_does_not_make_a_paused_replica_look_caught_up() {
+        let mut db = DatabaseHealth::new(base(), rules());
+        db.record(NodeId(0), primary(100), MS);
+        db.record(NodeId(1), replica(100, 100, 0), MS);
+        // The primary's next check fails (not down yet: fall 2) while the replica, replay paused,
+        // has received WAL it did not replay.
+        db.record(NodeId(0), None, MS);
+        db.record(NodeId(1), replica(100, 5000, 0), MS);
+        assert_eq!(db.snapshot().nodes[1].freshness, Freshness::Lagging);
     }
 
     #[test]
