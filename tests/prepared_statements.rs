@@ -128,15 +128,7 @@ async fn pgbench_prepared_with_100_clients_through_a_pool_of_10() {
     let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 10", "")).await;
     let port = proxy.addr.port();
     let pgbench = |args: &[&str]| common::pgbench(port, args);
-    let out = pgbench(&["-i", "-s", "1", "-q", "sluice"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::pgbench_init(port).await;
     let out = pgbench(&[
         "-c", "100", "-j", "2", "-T", "4", "-M", "prepared", "sluice",
     ])

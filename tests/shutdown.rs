@@ -16,15 +16,7 @@ async fn drain_under_pgbench_cuts_no_transaction() {
     config.limits.shutdown_timeout = timeout;
     let proxy = start_proxy_with(config).await;
     let port = proxy.addr.port();
-    let init = common::pgbench(port, &["-i", "-s", "1", "-q", "sluice"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    common::pgbench_init(port).await;
 
     let bench = common::pgbench(port, &["-c", "8", "-j", "2", "-T", "30", "sluice"])
         .kill_on_drop(true)

@@ -239,15 +239,7 @@ async fn pgbench_through_a_small_transaction_pool() {
     let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 4", "")).await;
     let port = proxy.addr.port();
     let pgbench = |args: &[&str]| common::pgbench(port, args);
-    let out = pgbench(&["-i", "-s", "1", "-q", "sluice"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::pgbench_init(port).await;
     for mode in ["simple", "extended"] {
         let out = pgbench(&["-c", "20", "-j", "2", "-T", "3", "-M", mode, "sluice"])
             .output()

@@ -214,6 +214,20 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
 /// A pgbench command against the proxy at `port` as user `app` (run it with tokio::process so
 /// the in-process proxy keeps running).
 #[allow(dead_code)]
+/// `pgbench -i -s 1` on database `sluice` through the proxy at `port`; panics with pgbench's
+/// error output if it fails.
+pub async fn pgbench_init(port: u16) {
+    let out = pgbench(port, &["-i", "-s", "1", "-q", "sluice"])
+        .output()
+        .await
+        .expect("run pgbench -i");
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn pgbench(port: u16, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(pg_bin("pgbench"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
