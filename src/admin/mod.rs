@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 pub use command::{parse, Command, ParseError, Show};
 pub use control::{Control, ControlRequest};
-pub use registry::{ClientEntry, ClientHandle, ClientRegistry, ClientState};
+pub use registry::{ClientEntry, ClientRegistry, ClientState};
 pub use table::{Kind, Table};
 
 use crate::config::Config;
@@ -70,14 +69,15 @@ enum Next {
     Close,
 }
 
-/// Serves a logged-in admin client (AuthenticationOk already sent) until it leaves or `stop` fires.
+/// Serves a logged-in admin client (AuthenticationOk already sent) until it leaves or its entry is
+/// stopped (KILL or shutdown).
 /// `buf` holds bytes the client sent after its last authentication message.
 pub async fn serve<S, IO>(
     sources: &S,
     stream: &mut IO,
     mut buf: BytesMut,
     framer: &Framer,
-    stop: &CancellationToken,
+    client: &ClientEntry,
 ) -> Result<(), AdminError>
 where
     S: Sources,
@@ -91,7 +91,7 @@ where
     loop {
         let frame = tokio::select! {
             frame = read_frame(stream, &mut buf, framer) => frame,
-            _ = stop.cancelled() => return Err(AdminError::Stopped),
+            _ = client.stopped() => return Err(AdminError::Stopped),
         };
         let frame = match frame {
             Ok(frame) => frame,
@@ -238,7 +238,7 @@ async fn execute<S: Sources>(
                 ErrorFields::new("ERROR", sqlstate::UNDEFINED_OBJECT, &message)
             })?;
             client.kill();
-            tracing::info!(client = id, user = %client.user, peer = %client.peer, "client killed by admin command");
+            tracing::info!(client = id, user = %client.user(), peer = %client.peer, "client killed by admin command");
             backend::encode_command_complete("KILL", out);
         }
         Command::Shutdown => {

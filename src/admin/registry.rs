@@ -1,13 +1,18 @@
 //! The set of connected clients as the admin console sees them: who, from where, since when, what
-//! they are doing, and a per-client stop token so `KILL` can end one session.
+//! they are doing; and per client what other tasks reach it by: its stop signal (`KILL`, drain,
+//! shutdown) and the target of its cancel requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
+
+use crate::pool::CancelTarget;
+use crate::protocol::startup::CancelKey;
 
 /// What a client is doing, for SHOW CLIENTS and SHOW POOLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,20 +55,24 @@ pub struct ClientEntry {
     /// Unique for the life of the process; what `KILL` takes.
     pub id: u64,
     pub peer: SocketAddr,
-    pub user: String,
-    pub database: String,
-    /// Wall-clock connect time, for display.
-    pub connected_at: SystemTime,
+    /// The user name followed by the database name, in one allocation (`user_len` splits them).
+    names: Box<str>,
+    user_len: u32,
     connected: Instant,
     state: AtomicU8,
     /// Microseconds from `connected` to the last [`ClientEntry::request`].
     requested_us: AtomicU64,
     pinned: OnceLock<&'static str>,
     killed: AtomicBool,
-    /// Set before `stop` is cancelled (KILL, or the process stopping): sessions check this atomic
-    /// on their hot path, since `CancellationToken::is_cancelled` takes a lock.
+    /// Set (then `wake` woken) when the session must end now: KILL, or the process stopping.
     stopping: AtomicBool,
-    stop: CancellationToken,
+    /// The session task's waker while it waits, woken for stop and for the proxy's drain: one
+    /// slot per client instead of a registered waiter per signal.
+    wake: AtomicWaker,
+    /// Where this client's cancel requests go; `None` between server connections.
+    cancel: Mutex<Option<CancelTarget>>,
+    /// The cancel key issued to this client (BackendKeyData), once issued.
+    cancel_key: OnceLock<CancelKey>,
 }
 
 impl ClientEntry {
@@ -85,7 +94,7 @@ impl ClientEntry {
 
     /// Wall-clock time of the last request for a server connection (connect time if none yet).
     pub fn requested_at(&self) -> SystemTime {
-        self.connected_at + self.requested_offset()
+        self.connected_at() + self.requested_offset()
     }
 
     /// How long the client has been waiting for a server connection (zero unless `Waiting`).
@@ -112,25 +121,91 @@ impl ClientEntry {
         self.pinned.get().copied()
     }
 
-    /// The token the session stops on: a child of the process-wide stop token.
-    pub fn stop_token(&self) -> &CancellationToken {
-        &self.stop
+    /// The user the client logged in as (as the startup packet said, before authentication).
+    pub fn user(&self) -> &str {
+        self.names.get(..self.user_len as usize).unwrap_or_default()
     }
 
-    /// Ends the session (admin `KILL`).
+    /// The database the client asked for.
+    pub fn database(&self) -> &str {
+        self.names.get(self.user_len as usize..).unwrap_or_default()
+    }
+
+    /// Wall-clock connect time, for display (derived from the monotonic connect time).
+    pub fn connected_at(&self) -> SystemTime {
+        SystemTime::now()
+            .checked_sub(self.connected.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// How long the client has been connected.
+    pub fn connected_for(&self) -> Duration {
+        self.connected.elapsed()
+    }
+
+    /// Ends the session now (admin KILL): sets the stop flag and wakes the session's task.
     pub fn kill(&self) {
         self.killed.store(true, Ordering::Relaxed);
-        self.stopping.store(true, Ordering::Release);
-        self.stop.cancel();
+        self.stop();
     }
 
-    /// Whether the session was ended by [`ClientEntry::kill`].
-    /// Whether the session must stop now (KILL, or the process stopping): one atomic load, for
-    /// the relay to check on every wake-up. Its stop token is cancelled just after this is set.
+    /// Ends the session now (KILL or shutdown): the flag first, then the wake-up.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+
+    /// The stop flag, for hot paths that check it without registering a waker.
     pub fn stopping(&self) -> &AtomicBool {
         &self.stopping
     }
 
+    /// Registers the session task's waker to be woken by [`ClientEntry::stop`] and by
+    /// [`ClientRegistry::wake_all`]. Must be called before checking the condition waited for
+    /// (register, then check), or a wake-up between the two is lost.
+    pub fn register_waker(&self, cx: &mut Context<'_>) {
+        self.wake.register(cx.waker());
+    }
+
+    /// Ready once the session must stop; registers the waker while not.
+    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.register_waker(cx);
+        match self.stopping.load(Ordering::Acquire) {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Completes once the session must stop (KILL or shutdown). Holds no state of its own.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll_stopped(cx))
+    }
+
+    /// Points this client's cancel requests at `target` (or nowhere). Only the session task
+    /// writes it, so the lock is uncontended but for a cancel request reading it.
+    pub fn set_cancel_target(&self, target: Option<CancelTarget>) {
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    /// Records the cancel key issued to this client (the first one only).
+    pub fn set_cancel_key(&self, key: CancelKey) {
+        let _ = self.cancel_key.set(key);
+    }
+
+    /// The cancel key issued to this client, if one was.
+    pub fn cancel_key(&self) -> Option<CancelKey> {
+        self.cancel_key.get().copied()
+    }
+
+    /// Where a cancel request for this client goes now, if anywhere.
+    pub fn cancel_target(&self) -> Option<CancelTarget> {
+        self.cancel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the session was ended by admin KILL (not by shutdown).
     pub fn killed(&self) -> bool {
         self.killed.load(Ordering::Relaxed)
     }
@@ -141,47 +216,58 @@ impl ClientEntry {
 pub struct ClientRegistry {
     next_id: AtomicU64,
     clients: DashMap<u64, Arc<ClientEntry>>,
+    /// Set by [`ClientRegistry::stop_all`]: clients registered afterwards start stopped.
+    stopping_all: AtomicBool,
 }
 
 impl ClientRegistry {
-    /// Marks every client as stopping; call just before cancelling the process-wide stop token (a
-    /// client registered after that is born with its token cancelled, which sessions check when
-    /// they first wait on it).
+    /// Stops every client now (the shutdown timeout was reached), and every client registered
+    /// from now on.
     pub fn stop_all(&self) {
+        self.stopping_all.store(true, Ordering::Release);
         for entry in self.clients.iter() {
-            entry.stopping.store(true, Ordering::Release);
+            entry.stop();
         }
     }
 
-    /// Adds a client in state `Login`; it is removed when the returned handle drops. Its stop token
-    /// is a child of `parent`, so stopping the process stops it too.
-    pub fn register(
-        &self,
-        peer: SocketAddr,
-        user: &str,
-        database: &str,
-        parent: &CancellationToken,
-    ) -> ClientHandle<'_> {
+    /// Wakes every client's waiting task, so each looks again at the process-wide flags it
+    /// watches (the proxy started draining).
+    pub fn wake_all(&self) {
+        for entry in self.clients.iter() {
+            entry.wake.wake();
+        }
+    }
+
+    /// Adds a client in state `Login`. The caller removes it with [`ClientRegistry::unregister`]
+    /// when the session ends (the session owns the entry and does it on drop).
+    pub fn register(&self, peer: SocketAddr, user: &str, database: &str) -> Arc<ClientEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
             peer,
-            user: user.to_string(),
-            database: database.to_string(),
-            connected_at: SystemTime::now(),
+            names: [user, database].concat().into_boxed_str(),
+            user_len: u32::try_from(user.len()).unwrap_or(u32::MAX),
             connected: Instant::now(),
             state: AtomicU8::new(ClientState::Login as u8),
             requested_us: AtomicU64::new(0),
             pinned: OnceLock::new(),
             killed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            stop: parent.child_token(),
+            wake: AtomicWaker::new(),
+            cancel: Mutex::new(None),
+            cancel_key: OnceLock::new(),
         });
         self.clients.insert(id, entry.clone());
-        ClientHandle {
-            registry: self,
-            entry,
+        // After the insert: either stop_all saw this entry, or this sees its flag.
+        if self.stopping_all.load(Ordering::Acquire) {
+            entry.stop();
         }
+        entry
+    }
+
+    /// Removes a client registered with [`ClientRegistry::register`].
+    pub fn unregister(&self, id: u64) {
+        self.clients.remove(&id);
     }
 
     /// The clients, ordered by id.
@@ -204,26 +290,6 @@ impl ClientRegistry {
     }
 }
 
-/// A registered client; unregisters on drop.
-#[derive(Debug)]
-pub struct ClientHandle<'a> {
-    registry: &'a ClientRegistry,
-    entry: Arc<ClientEntry>,
-}
-
-impl std::ops::Deref for ClientHandle<'_> {
-    type Target = ClientEntry;
-    fn deref(&self) -> &ClientEntry {
-        &self.entry
-    }
-}
-
-impl Drop for ClientHandle<'_> {
-    fn drop(&mut self) {
-        self.registry.clients.remove(&self.entry.id);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,15 +297,15 @@ mod tests {
     #[test]
     fn registers_tracks_state_and_unregisters() {
         let registry = ClientRegistry::default();
-        let parent = CancellationToken::new();
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let a = registry.register(peer, "app", "db", &parent);
-        let b = registry.register(peer, "ops", "pgsluice", &parent);
+        let a = registry.register(peer, "app", "db");
+        let b = registry.register(peer, "ops", "pgsluice");
         assert_eq!(registry.len(), 2);
         assert_eq!(a.state(), ClientState::Login);
         a.request();
         assert_eq!(a.state(), ClientState::Waiting);
-        assert!(a.requested_at() >= a.connected_at);
+        assert_eq!((a.user(), a.database()), ("app", "db"));
+        assert!(a.requested_at() >= a.connected_at() - Duration::from_millis(1));
         a.set_state(ClientState::Active);
         assert_eq!(registry.get(a.id).unwrap().state(), ClientState::Active);
         assert_eq!(a.waiting_for(), Duration::ZERO);
@@ -247,13 +313,35 @@ mod tests {
         a.pin("LISTEN");
         assert_eq!(a.pinned(), Some("SET"));
         registry.get(b.id).unwrap().kill();
-        assert!(b.stop_token().is_cancelled() && b.killed());
-        assert!(!a.stop_token().is_cancelled());
+        assert!(b.stopping().load(Ordering::Relaxed) && b.killed());
+        assert!(!a.stopping().load(Ordering::Relaxed));
         let ids: Vec<u64> = registry.snapshot().iter().map(|c| c.id).collect();
         assert_eq!(ids, [a.id, b.id]);
-        drop(b);
+        registry.unregister(b.id);
         assert_eq!(registry.len(), 1);
-        parent.cancel();
-        assert!(a.stop_token().is_cancelled() && !a.killed());
+        registry.stop_all();
+        assert!(a.stopping().load(Ordering::Relaxed) && !a.killed());
+        let late = registry.register(peer, "app", "db");
+        assert!(
+            late.stopping().load(Ordering::Relaxed),
+            "registered after stop_all"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_wakes_a_waiting_task() {
+        let registry = ClientRegistry::default();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let entry = registry.register(peer, "app", "db");
+        let waiting = tokio::spawn({
+            let entry = entry.clone();
+            async move { entry.stopped().await }
+        });
+        tokio::task::yield_now().await;
+        entry.kill();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 }

@@ -67,7 +67,7 @@ fn max_waits(clients: &[std::sync::Arc<ClientEntry>]) -> HashMap<(&str, &str), D
         if client.state() == ClientState::Waiting {
             let wait = client.waiting_for();
             let entry = waits
-                .entry((client.database.as_str(), client.user.as_str()))
+                .entry((client.database(), client.user()))
                 .or_insert(wait);
             *entry = (*entry).max(wait);
         }
@@ -145,12 +145,12 @@ fn clients_table(clients: &[std::sync::Arc<ClientEntry>]) -> Table {
         let wait = client.waiting_for();
         table.push(vec![
             text("C"),
-            text(&client.user),
-            text(&client.database),
+            text(client.user()),
+            text(client.database()),
             text(state.as_str()),
             text(client.peer.ip().to_string()),
             int(client.peer.port()),
-            timestamp(client.connected_at),
+            timestamp(client.connected_at()),
             timestamp(client.requested_at()),
             int(wait.as_secs()),
             int(wait.subsec_micros()),
@@ -286,7 +286,7 @@ fn stats(view: &View<'_>, clients: &[std::sync::Arc<ClientEntry>]) -> Table {
     let mut table = Table::new(&columns);
     for database in &view.config.databases {
         let name = database.name.as_str();
-        let client_count = clients.iter().filter(|c| c.database == name).count();
+        let client_count = clients.iter().filter(|c| c.database() == name).count();
         let (mut pools, mut open, mut active) = (0u64, 0u64, 0u64);
         for (key, pool) in view.pools.iter() {
             if key.database == name {

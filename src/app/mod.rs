@@ -248,6 +248,7 @@ impl App {
         self.lifecycle.draining.store(true, Ordering::Relaxed);
         self.shared.drain_started.store(true, Ordering::Release);
         self.shared.draining.cancel();
+        self.shared.registry.wake_all();
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);
         sessions.close();
@@ -266,7 +267,6 @@ impl App {
                 "shutdown_timeout reached: closing remaining clients"
             );
             self.shared.registry.stop_all();
-            self.shared.stop.cancel();
             let _ = tokio::time::timeout(HARD_STOP_GRACE, sessions.wait()).await;
         }
         if let Ok(workers) = Arc::try_unwrap(workers) {

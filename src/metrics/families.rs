@@ -356,21 +356,15 @@ pub struct GlobalMetrics {
 }
 
 impl GlobalMetrics {
-    /// Counts an accepted client connection; the returned guard keeps it in `connected` until
-    /// dropped.
-    pub fn client_connected(&self) -> ConnectedClient<'_> {
+    /// Counts an accepted client connection, in `connected` until
+    /// [`GlobalMetrics::client_disconnected`].
+    pub fn client_connected(&self) {
         self.client_connections.inc();
         self.connected.inc();
-        ConnectedClient(&self.connected)
     }
-}
 
-/// A client counted in `GlobalMetrics::connected`; uncounted on drop.
-#[derive(Debug)]
-pub struct ConnectedClient<'a>(&'a Gauge);
-
-impl Drop for ConnectedClient<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
+    /// Uncounts a client counted by [`GlobalMetrics::client_connected`].
+    pub fn client_disconnected(&self) {
+        self.connected.dec();
     }
 }

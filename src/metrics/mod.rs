@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use families::{
-    ConnectedClient, DatabaseMetrics, ErrorClass, GlobalMetrics, NodeMetrics, NodeRoleLabel,
-    PoolMetrics, RouteReason, RouteTarget,
+    DatabaseMetrics, ErrorClass, GlobalMetrics, NodeMetrics, NodeRoleLabel, PoolMetrics,
+    RouteReason, RouteTarget,
 };
 
 /// A monotonically increasing count (`_total` families).

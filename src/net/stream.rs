@@ -128,6 +128,15 @@ impl Stream {
         }
     }
 
+    /// [`Stream::readable`] as a poll: the waker goes into the socket's own reactor slot, so a
+    /// task waiting this way keeps no future state for it.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Plain(Tcp(Some(tcp))) => tcp.poll_read_ready(cx),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Re-registers the socket with the current runtime's reactor, so a connection opened on one
     /// worker thread is driven by the worker that uses it now. Must run inside that runtime.
     pub fn rebind(&mut self) -> io::Result<()> {

@@ -2,6 +2,7 @@
 //! checkout timeout, the guard that owns a checked-out connection inside the client task, and the
 //! maintenance that enforces `min_size`, `server_idle_timeout` and `server_lifetime`.
 
+mod cancel;
 mod maintain;
 mod set;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+pub use cancel::CancelTarget;
 pub use set::{PoolKey, PoolSet};
 
 use crate::config::PoolSettings;

@@ -1,59 +1,40 @@
 //! Cancel keys: each client gets its own BackendKeyData from the proxy; a CancelRequest carrying it is
 //! forwarded to the server that client is using at that moment, and only to that one.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use std::sync::{Arc, Mutex};
-
-use crate::pool::Pool;
+use crate::admin::ClientEntry;
 use crate::protocol::startup::CancelKey;
-use crate::server;
 
-/// How long forwarding one cancel request may take.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a client's cancel request must go: the pool (whose node it is) and the server's own key.
-#[derive(Clone, Debug)]
-pub struct CancelTarget {
-    pub pool: Arc<Pool>,
-    pub server_key: CancelKey,
-}
-
-/// The target of one client's cancel requests. Only that client writes it (uncontended lock), so
-/// changing it at every transaction does not touch the shared map.
-type Slot = Arc<Mutex<Option<CancelTarget>>>;
-
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
-    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Proxy-issued cancel keys of connected clients. Entries hold a target only while the client has a
-/// server connection.
+/// Proxy-issued cancel keys of connected clients, each pointing at its client's entry (whose
+/// cancel target is set only while the client has a server connection).
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    keys: DashMap<CancelKey, Slot>,
+    keys: DashMap<CancelKey, Arc<ClientEntry>>,
 }
 
 impl CancelRegistry {
-    /// Issues a fresh key that no connected client has; removed when the returned guard drops.
-    pub fn issue(&self) -> CancelGuard<'_> {
+    /// Issues a fresh key that no connected client has, for `client` (recorded in its entry). The
+    /// client's task gives it back with [`CancelRegistry::release`] when the client leaves.
+    pub fn issue(&self, client: &Arc<ClientEntry>) -> CancelKey {
         loop {
             let key = CancelKey {
                 process_id: rand::random::<i32>() & i32::MAX,
                 secret_key: rand::random::<i32>(),
             };
             if let dashmap::Entry::Vacant(entry) = self.keys.entry(key) {
-                let slot = Slot::default();
-                entry.insert(slot.clone());
-                return CancelGuard {
-                    registry: self,
-                    key,
-                    slot,
-                };
+                entry.insert(client.clone());
+                client.set_cancel_key(key);
+                return key;
             }
         }
+    }
+
+    /// Forgets a key issued by [`CancelRegistry::issue`].
+    pub fn release(&self, key: CancelKey) {
+        self.keys.remove(&key);
     }
 
     /// Number of keys issued to connected clients.
@@ -69,9 +50,8 @@ impl CancelRegistry {
     /// Forwards a client's CancelRequest to the server it is using. Unknown keys, or clients between
     /// server connections, are ignored silently, as Postgres does.
     pub async fn cancel(&self, key: CancelKey) {
-        let slot = self.keys.get(&key).map(|entry| entry.value().clone());
-        let target = slot.and_then(|slot| lock(&slot).clone());
-        let Some(target) = target else {
+        let client = self.keys.get(&key).map(|entry| entry.value().clone());
+        let Some(target) = client.and_then(|client| client.cancel_target()) else {
             tracing::debug!("cancel request with unknown or idle key ignored");
             return;
         };
@@ -79,57 +59,26 @@ impl CancelRegistry {
     }
 }
 
-impl CancelTarget {
-    /// Sends a CancelRequest for this server connection to its node, waiting until the node has
-    /// taken it (closed the connection), at most a few seconds. Failures are logged.
-    pub async fn send(&self) {
-        let node = self.pool.connect_params();
-        match server::send_cancel(&node.host, node.port, self.server_key, CANCEL_TIMEOUT).await {
-            Ok(()) => tracing::info!(pool = %self.pool.name(), "forwarded cancel request"),
-            Err(e) => tracing::warn!(error = %e, "could not forward cancel request"),
-        }
-    }
-}
-
-/// A client's cancel key, registered for the life of the client.
-#[derive(Debug)]
-pub struct CancelGuard<'a> {
-    registry: &'a CancelRegistry,
-    key: CancelKey,
-    slot: Slot,
-}
-
-impl CancelGuard<'_> {
-    /// The key sent to the client in BackendKeyData.
-    pub fn key(&self) -> CancelKey {
-        self.key
-    }
-
-    /// Points cancel requests at `target` (or nowhere).
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        *lock(&self.slot) = target;
-    }
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        self.registry.keys.remove(&self.key);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::ClientRegistry;
+    use crate::pool::{CancelTarget, Pool};
+
+    fn entry(clients: &ClientRegistry) -> Arc<ClientEntry> {
+        clients.register("127.0.0.1:5000".parse().unwrap(), "u", "d")
+    }
 
     #[test]
-    fn keys_are_unique_and_removed_on_drop() {
+    fn keys_are_unique_and_released() {
+        let clients = ClientRegistry::default();
         let registry = CancelRegistry::default();
-        let a = registry.issue();
-        let b = registry.issue();
-        assert_ne!(a.key(), b.key());
-        assert!(a.key().process_id >= 0);
+        let a = registry.issue(&entry(&clients));
+        let b = registry.issue(&entry(&clients));
+        assert_ne!(a, b);
+        assert!(a.process_id >= 0);
         assert_eq!(registry.len(), 2);
-        drop(a);
+        registry.release(a);
         assert_eq!(registry.len(), 1);
     }
 
@@ -151,19 +100,21 @@ mod tests {
             max_message_size: 1 << 20,
         };
         let pool = Pool::new("d/u@n".into(), Default::default(), connect);
+        let clients = ClientRegistry::default();
         let registry = CancelRegistry::default();
-        let guard = registry.issue();
+        let client = entry(&clients);
+        let key = registry.issue(&client);
         let server_key = CancelKey {
             process_id: 7,
             secret_key: 9,
         };
         let stored = |registry: &CancelRegistry| {
-            let slot = registry.keys.get(&guard.key()).map(|e| e.value().clone());
-            slot.and_then(|slot| lock(&slot).as_ref().map(|t| t.server_key))
+            let client = registry.keys.get(&key).map(|e| e.value().clone());
+            client.and_then(|c| c.cancel_target().map(|t| t.server_key))
         };
-        guard.set_target(Some(CancelTarget { pool, server_key }));
+        client.set_cancel_target(Some(CancelTarget { pool, server_key }));
         assert_eq!(stored(&registry), Some(server_key));
-        guard.set_target(None);
+        client.set_cancel_target(None);
         assert_eq!(stored(&registry), None);
     }
 }

@@ -3,19 +3,19 @@
 //! message of a transaction until the server is idle again), relaying in between.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::WaitForCancellationFuture;
 
-use super::cancel::{CancelGuard, CancelTarget};
 use super::deadline::Timeouts;
 use super::exchange::{Exchange, Expect};
-use super::relay::{self, Drain, Policy, RelayEnd, RelayMetrics, RelayOutcome};
+use super::relay::{self, Policy, RelayEnd, RelayMetrics, RelayOutcome};
 use super::routing::{metric_labels, ClientRouting, Retry};
 use super::statements::{parse_without_server, ClientStatements};
 use super::{auth, params, pins, ClientError, Generation, Shared};
@@ -23,10 +23,10 @@ use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
 use crate::metrics::{RouteReason, RouteTarget};
 use crate::net::{Stream, WorkerId};
-use crate::pool::{Pool, PooledServer};
+use crate::pool::{CancelTarget, Pool, PooledServer};
 use crate::protocol::backend::{self, ErrorFields, TransactionStatus};
 use crate::protocol::sqlstate;
-use crate::protocol::startup::StartupMessage;
+use crate::protocol::startup::{CancelKey, StartupMessage};
 use crate::protocol::Framer;
 use crate::router::{self, Intent};
 use crate::router::{Decision, Request};
@@ -43,27 +43,11 @@ const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads back the settings a client changed with SET/RESET/set_config: whatever the session set.
 const SESSION_SETTINGS_SQL: &str = "SELECT name, setting FROM pg_settings WHERE source = 'session'";
 
-/// A timer for `timeout`, or none when it is zero. Boxed: an idle client without a timeout
-/// then carries no timer state at all.
-fn idle_timer(timeout: Duration) -> Option<std::pin::Pin<Box<tokio::time::Sleep>>> {
-    (!timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(timeout)))
-}
-
-/// Waits for `timer` to fire, or forever when there is none.
-async fn expired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// What a transaction-pooled client carries from one server connection to the next.
 #[derive(Debug, Default)]
-struct ClientState {
-    /// Settings from the startup packet (what RESET returns to).
-    startup: Vec<(String, String)>,
-    /// Settings every server connection must have for this client.
-    settings: Vec<(String, String)>,
+pub(super) struct ClientState {
+    /// `None` while the client has no settings at all (one pointer in an idle client's task).
+    settings: Option<Box<Settings>>,
     statements: ClientStatements,
     /// Responses owed while relaying (empty between transactions).
     expected: VecDeque<Expect>,
@@ -71,6 +55,70 @@ struct ClientState {
     /// a 25006 retry on the primary.
     retry_read_only: bool,
 }
+/// A client's settings.
+#[derive(Debug, Default)]
+struct Settings {
+    /// From the startup packet (what RESET returns to).
+    startup: Vec<(String, String)>,
+    /// What every server connection must have for this client.
+    current: Vec<(String, String)>,
+}
+
+impl ClientState {
+    /// A client's state at login: `settings` from its startup packet.
+    pub fn with_settings(settings: Vec<(String, String)>) -> ClientState {
+        let settings = (!settings.is_empty()).then(|| {
+            Box::new(Settings {
+                startup: settings.clone(),
+                current: settings,
+            })
+        });
+        ClientState {
+            settings,
+            ..ClientState::default()
+        }
+    }
+
+    /// The settings every server connection must have for this client.
+    fn settings(&self) -> &[(String, String)] {
+        self.settings.as_ref().map_or(&[], |s| &s.current)
+    }
+
+    /// Replaces the client's current settings (its startup ones stay).
+    fn set_settings(&mut self, current: Vec<(String, String)>) {
+        match self.settings.as_mut() {
+            Some(settings) => settings.current = current,
+            None if current.is_empty() => {}
+            None => {
+                self.settings = Some(Box::new(Settings {
+                    startup: Vec::new(),
+                    current,
+                }))
+            }
+        }
+    }
+}
+
+/// What a client's session did: ended (session pooling, console, errors), or logged in under
+/// transaction pooling, to be served transaction by transaction.
+pub(super) enum Served {
+    Ended(RelayEnd),
+    Pooled(Box<Greeted>),
+}
+
+/// What one step of a transaction-pooled client led to.
+pub(super) enum Step {
+    /// Answered without a server; wait for more.
+    Continue,
+    /// A transaction ran to its end.
+    Transaction,
+    /// A replica refused the query with 25006 before anything reached the client: run it again,
+    /// on the primary.
+    Retry,
+    /// The session ends.
+    End(Result<RelayEnd, ClientError>),
+}
+
 /// A server connection checked out for the client's next transaction, and what routing needs
 /// to know after it.
 struct Opened {
@@ -82,15 +130,14 @@ struct Opened {
 }
 
 /// A client logged in and greeted, with the server connection that gave it its parameters.
-struct Greeted<'a> {
-    pool: Arc<Pool>,
+pub(super) struct Greeted {
+    pub pool: Arc<Pool>,
     /// `None` when a session-pooled client was greeted while every connection was taken.
-    server: Option<PooledServer>,
-    cancel: CancelGuard<'a>,
+    pub server: Option<PooledServer>,
     /// The settings its server connections must have (from the startup packet).
-    settings: Vec<(String, String)>,
+    pub settings: Vec<(String, String)>,
     /// Client bytes read past the login.
-    buf: BytesMut,
+    pub buf: BytesMut,
 }
 
 /// One logged-in (or logging-in) client.
@@ -101,90 +148,99 @@ pub(super) struct Session<'a> {
     pub database: &'a str,
     pub peer: SocketAddr,
     pub worker: WorkerId,
-    /// This client in the admin registry: its state, and its stop token (KILL or shutdown).
-    pub client: &'a ClientEntry,
+    /// This client in the admin registry: its state, its stop signal (KILL or shutdown) and its
+    /// cancel target.
+    pub client: &'a Arc<ClientEntry>,
+    /// The cancel key issued to this client (sent in BackendKeyData).
+    pub cancel_key: CancelKey,
 }
 
 impl<'a> Session<'a> {
-    /// Logs the client in, greets it, then pools by session or by transaction until it leaves.
+    /// The session of `client`, served on the runtime of `worker`.
+    pub fn new(
+        shared: &'a Shared,
+        generation: &'a Generation,
+        client: &'a Arc<ClientEntry>,
+        worker: WorkerId,
+    ) -> Session<'a> {
+        Session {
+            shared,
+            generation,
+            user: client.user(),
+            database: client.database(),
+            peer: client.peer,
+            worker,
+            client,
+            // Issued before the session starts; a zero key would only cancel nothing.
+            cancel_key: client.cancel_key().unwrap_or(CancelKey {
+                process_id: 0,
+                secret_key: 0,
+            }),
+        }
+    }
+
+    /// Logs the client in and greets it; serves a session-pooled client (or a console one) until
+    /// it leaves, and hands a transaction-pooled one back greeted.
     pub async fn serve(
         &self,
         stream: &mut Stream,
         startup: StartupMessage,
         buf: BytesMut,
         started: Instant,
-    ) -> Result<RelayEnd, ClientError> {
+    ) -> Result<Served, ClientError> {
         if self.generation.config.admin.is_console(self.database) {
             let framer = Framer::new(self.generation.config.limits.max_message_size);
-            let console = Box::pin(super::console::serve(self, stream, buf, &framer, started));
-            return console.await;
+            let console = super::console::serve(self, stream, buf, &framer, started);
+            return console.await.map(Served::Ended);
         }
         // Futures that run once (login, a session-mode relay) or once per transaction are boxed,
         // each in a statement of its own (a temporary lives to the end of its statement, so an
         // await in the same statement would keep room for the unboxed future): the task of an
         // idle client then holds only the idle loop's state.
-        let greet = Box::pin(self.greet(stream, startup, buf, started));
+        let greeted = self.greet(stream, startup, buf, started).await?;
+        match greeted.pool.settings().mode {
+            PoolMode::Session => self
+                .session_pooled(stream, greeted)
+                .await
+                .map(Served::Ended),
+            PoolMode::Transaction => Ok(Served::Pooled(Box::new(greeted))),
+        }
+    }
+
+    /// Session pooling: one server connection for the whole session, reset and returned at its
+    /// end (or when the proxy drains, at the client's next idle point).
+    async fn session_pooled(
+        &self,
+        stream: &mut Stream,
+        greeted: Greeted,
+    ) -> Result<RelayEnd, ClientError> {
         let Greeted {
             pool,
             server,
-            cancel,
             settings,
             buf,
-        } = greet.await?;
-        match pool.settings().mode {
-            PoolMode::Session => {
-                let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
-                let mut server = match server {
-                    Some(server) => server,
-                    None => {
-                        // Greeted without a connection: take one when the client sends its first
-                        // message (checkout_timeout and the waiting notice apply).
-                        if buf.is_empty() {
-                            tokio::select! {
-                                ready = stream.readable() => ready.map_err(ClientError::Io)?,
-                                _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
-                            }
-                        }
-                        let checkout = Box::pin(self.checkout(stream, &pool, &settings));
-                        checkout.await?
-                    }
-                };
-                let drain = Drain {
-                    started: &self.shared.drain_started,
-                    wait: std::pin::pin!(self.shared.draining.cancelled()),
-                };
-                let relay = Box::pin(self.relay(
-                    stream,
-                    buf,
-                    &mut server,
-                    &cancel,
-                    None,
-                    stop_wait,
-                    Some(drain),
-                ));
-                let (end, _) = relay.await;
-                let release = Box::pin(server.release(true));
-                release.await;
-                match end {
-                    // Session pooling ends at an idle point only when the proxy drains.
-                    Ok(RelayEnd::TransactionDone) => Err(ClientError::ShuttingDown),
-                    other => other,
+        } = greeted;
+        let mut server = match server {
+            Some(server) => server,
+            None => {
+                // Greeted without a connection: take one when the client sends its first
+                // message (checkout_timeout and the waiting notice apply).
+                if buf.is_empty() {
+                    self.wait_idle(stream, &mut None, false).await?;
                 }
+                let checkout = Box::pin(self.checkout(stream, &pool, &settings));
+                checkout.await?
             }
-            PoolMode::Transaction => {
-                if let Some(server) = server {
-                    let release = Box::pin(server.release(false));
-                    release.await;
-                }
-                let mut state = ClientState {
-                    startup: settings.clone(),
-                    settings,
-                    ..ClientState::default()
-                };
-                let mut routing = ClientRouting::new(self.generation, self.database, self.user);
-                self.transactions(stream, buf, &pool, &mut state, &mut routing, &cancel)
-                    .await
-            }
+        };
+        let drain = Some(&self.shared.drain_started);
+        let relay = Box::pin(self.relay(stream, buf, &mut server, None, drain));
+        let (end, _) = relay.await;
+        let release = Box::pin(server.release(true));
+        release.await;
+        match end {
+            // Session pooling ends at an idle point only when the proxy drains.
+            Ok(RelayEnd::TransactionDone) => Err(ClientError::ShuttingDown),
+            other => other,
         }
     }
 
@@ -196,7 +252,7 @@ impl<'a> Session<'a> {
         startup: StartupMessage,
         mut buf: BytesMut,
         started: Instant,
-    ) -> Result<Greeted<'a>, ClientError> {
+    ) -> Result<Greeted, ClientError> {
         let config = &self.generation.config;
         let framer = Framer::new(config.limits.max_message_size);
         // The startup packet is dropped once the client is logged in (its user and database are
@@ -225,7 +281,6 @@ impl<'a> Session<'a> {
             Some(_) => None,
             None => Some(self.checkout(stream, &pool, &settings).await?),
         };
-        let cancel = self.shared.cancels.issue();
         out.clear();
         match (server.as_mut(), deferred.as_deref()) {
             (Some(server), _) => {
@@ -243,7 +298,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        backend::encode_backend_key_data(cancel.key(), &mut out);
+        backend::encode_backend_key_data(self.cancel_key, &mut out);
         backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
         stream.write_all(&out).await.map_err(ClientError::Io)?;
         tracing::info!(peer = %self.peer, user = %self.user, database = %self.database,
@@ -251,97 +306,68 @@ impl<'a> Session<'a> {
         Ok(Greeted {
             pool,
             server,
-            cancel,
             settings,
             buf,
         })
     }
 
-    /// Transaction pooling: wait for the client's next message without a server connection, check one
-    /// out, relay to the end of the transaction, give it back; repeat.
-    async fn transactions(
+    /// One step of a transaction-pooled client: reads what it sent (when nothing is buffered),
+    /// then answers what needs no server (Parse of a known statement, the proxy's own SET), or
+    /// runs one transaction (to the primary when `primary_only`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn step(
         &self,
         stream: &mut Stream,
-        mut buf: BytesMut,
+        buf: &mut BytesMut,
         pool: &Arc<Pool>,
         state: &mut ClientState,
-        routing: &mut Option<ClientRouting>,
-        cancel: &CancelGuard<'_>,
-    ) -> Result<RelayEnd, ClientError> {
-        // One registration for the whole session, not one per transaction.
-        let mut stop_wait = std::pin::pin!(self.client.stop_token().cancelled());
-        let idle_timeout = pool.settings().client_idle_timeout;
-        // Set after a replica refused a query with 25006: it goes again, to the primary.
-        let mut retrying = false;
-        // Draining: close between transactions with 57P01; a client accepted while draining (from
-        // the backlog) first gets one transaction, so its connect is not wasted.
-        let mut drain_wait = std::pin::pin!(self.shared.draining.cancelled());
-        let drain_started = &self.shared.drain_started;
-        let mut close_when_drained = !drain_started.load(Ordering::Acquire);
-        loop {
-            if close_when_drained && drain_started.load(Ordering::Acquire) {
-                return Err(ClientError::ShuttingDown);
+        routing: &mut Option<Box<ClientRouting>>,
+        primary_only: bool,
+    ) -> Step {
+        if buf.is_empty() {
+            buf.reserve(IDLE_READ);
+            let read = tokio::select! {
+                read = stream.read_buf(buf) => read,
+                _ = self.client.stopped() => return Step::End(Err(ClientError::ShuttingDown)),
+            };
+            match read {
+                Err(e) => return Step::End(Err(ClientError::Io(e))),
+                Ok(0) => return Step::End(Ok(RelayEnd::ClientGone)),
+                Ok(_) => {}
             }
-            if buf.is_empty() {
-                // Idle between transactions: give the read buffer back and wait without one.
-                buf = BytesMut::new();
-                let mut timer = idle_timer(idle_timeout);
-                tokio::select! {
-                    ready = stream.readable() => ready.map_err(ClientError::Io)?,
-                    _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
-                    _ = expired(&mut timer) => return Err(ClientError::ClientIdleTimeout),
-                    _ = drain_wait.as_mut(), if close_when_drained => return Err(ClientError::ShuttingDown),
-                }
-                buf.reserve(IDLE_READ);
-                let read = tokio::select! {
-                    read = stream.read_buf(&mut buf) => read,
-                    _ = stop_wait.as_mut() => return Err(ClientError::ShuttingDown),
-                };
-                if read.map_err(ClientError::Io)? == 0 {
-                    return Ok(RelayEnd::ClientGone);
-                }
+        }
+        if buf.first() == Some(&b'X') {
+            return Step::End(Ok(RelayEnd::ClientTerminated));
+        }
+        if let Some((consumed, parses)) =
+            parse_without_server(&self.shared.statements, &mut state.statements, buf)
+        {
+            // Known statements need no server: answer ParseComplete(s) and ReadyForQuery.
+            let _ = buf.split_to(consumed);
+            let mut out = BytesMut::with_capacity(parses * 5 + 6);
+            for _ in 0..parses {
+                out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
             }
-            if buf.first() == Some(&b'X') {
-                return Ok(RelayEnd::ClientTerminated);
-            }
-            if let Some((consumed, parses)) =
-                parse_without_server(&self.shared.statements, &mut state.statements, &buf)
-            {
-                // Known statements need no server: answer ParseComplete(s) and ReadyForQuery.
-                let _ = buf.split_to(consumed);
-                let mut out = BytesMut::with_capacity(parses * 5 + 6);
-                for _ in 0..parses {
-                    out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-                }
-                backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
-                stream.write_all(&out).await.map_err(ClientError::Io)?;
-                continue;
-            }
-            if Self::answer_key_command(stream, &mut buf, routing.as_mut()).await? {
-                continue;
-            }
-            let primary_only = std::mem::take(&mut retrying);
-            let transaction = Box::pin(self.transaction(
-                stream,
-                buf,
-                pool,
-                state,
-                routing,
-                cancel,
-                stop_wait.as_mut(),
-                primary_only,
-            ));
-            let (end, rest) = transaction.await;
-            buf = rest;
-            close_when_drained = true;
-            if let Ok(RelayEnd::ReadOnlyRetry) = end {
-                retrying = true;
-                continue;
-            }
-            match end {
-                Ok(RelayEnd::TransactionDone) => {}
-                other => return other,
-            }
+            backend::encode_ready_for_query(TransactionStatus::Idle, &mut out);
+            return match stream.write_all(&out).await {
+                Ok(()) => Step::Continue,
+                Err(e) => Step::End(Err(ClientError::Io(e))),
+            };
+        }
+        match Self::answer_key_command(stream, buf, routing.as_deref_mut()).await {
+            Ok(true) => return Step::Continue,
+            Ok(false) => {}
+            Err(e) => return Step::End(Err(e)),
+        }
+        let taken = std::mem::take(buf);
+        let (end, rest) = self
+            .transaction(stream, taken, pool, state, routing, primary_only)
+            .await;
+        *buf = rest;
+        match end {
+            Ok(RelayEnd::ReadOnlyRetry) => Step::Retry,
+            Ok(RelayEnd::TransactionDone) => Step::Transaction,
+            other => Step::End(other),
         }
     }
 
@@ -355,13 +381,18 @@ impl<'a> Session<'a> {
         buf: BytesMut,
         pool: &Arc<Pool>,
         state: &mut ClientState,
-        routing: &mut Option<ClientRouting>,
-        cancel: &CancelGuard<'_>,
-        stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
+        routing: &mut Option<Box<ClientRouting>>,
         primary_only: bool,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         let opened = self
-            .open(stream, pool, &buf, state, routing.as_mut(), primary_only)
+            .open(
+                stream,
+                pool,
+                &buf,
+                state,
+                routing.as_deref_mut(),
+                primary_only,
+            )
             .await;
         let Opened {
             mut server,
@@ -373,15 +404,7 @@ impl<'a> Session<'a> {
         };
         state.expected.clear();
         let (end, rest) = self
-            .relay(
-                stream,
-                buf,
-                &mut server,
-                cancel,
-                Some(state),
-                stop_wait,
-                None,
-            )
+            .relay(stream, buf, &mut server, Some(state), None)
             .await;
         if let (Ok(RelayEnd::ReadOnlyRetry), Some(retry)) = (&end, retry) {
             let buf = self.read_only_refused(retry, rest);
@@ -389,7 +412,7 @@ impl<'a> Session<'a> {
             return (end, buf);
         }
         let reset = !matches!(end, Ok(RelayEnd::TransactionDone));
-        match (routing.as_mut(), tracked, reset) {
+        match (routing.as_deref_mut(), tracked, reset) {
             (Some(routing), true, true) => routing.abandoned(),
             (Some(routing), true, false) => Self::record_write(routing, &mut server).await,
             _ => {}
@@ -402,6 +425,33 @@ impl<'a> Session<'a> {
         server.release(reset).await;
         self.client.set_state(Activity::Idle);
         (end, rest)
+    }
+
+    /// Waits without a read buffer until the client sends something (or closes), the session is
+    /// stopped, `timer` fires (client_idle_timeout) or, with `drain`, the proxy drains. All the
+    /// wakers live in their owners' slots (socket, client entry, timer), so the waiting task keeps
+    /// no state beyond this call's references.
+    async fn wait_idle(
+        &self,
+        stream: &Stream,
+        timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+        drain: bool,
+    ) -> Result<(), ClientError> {
+        let drain_started = &self.shared.drain_started;
+        std::future::poll_fn(|cx| {
+            if self.client.poll_stopped(cx).is_ready()
+                || (drain && drain_started.load(Ordering::Acquire))
+            {
+                return Poll::Ready(Err(ClientError::ShuttingDown));
+            }
+            if let Some(timer) = timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(ClientError::ClientIdleTimeout));
+                }
+            }
+            stream.poll_read_ready(cx).map_err(ClientError::Io)
+        })
+        .await
     }
 
     /// Checks the database, user, startup parameters and password. Returns the settings to apply.
@@ -544,7 +594,7 @@ impl<'a> Session<'a> {
         let (chosen, mut routed) = self
             .route(pool, buf, state, routing.as_deref_mut(), primary_only)
             .await?;
-        let server = match self.checkout(stream, &chosen, &state.settings).await {
+        let server = match self.checkout(stream, &chosen, state.settings()).await {
             Err(ClientError::Pool(e @ crate::pool::PoolError::Connect { .. }))
                 if routed.as_ref().is_some_and(|(d, _)| d.replica) =>
             {
@@ -554,7 +604,7 @@ impl<'a> Session<'a> {
                     .route(pool, buf, state, routing.as_deref_mut(), true)
                     .await?;
                 routed = rerouted;
-                self.checkout(stream, &primary, &state.settings).await?
+                self.checkout(stream, &primary, state.settings()).await?
             }
             other => other?,
         };
@@ -703,7 +753,10 @@ impl<'a> Session<'a> {
                 _ => None,
             })
             .collect();
-        let mut settings = state.startup.clone();
+        let mut settings = state
+            .settings
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.startup.clone());
         for (name, value) in &session {
             match settings
                 .iter_mut()
@@ -713,7 +766,7 @@ impl<'a> Session<'a> {
                 None => settings.push((name.clone(), value.clone())),
             }
         }
-        state.settings = settings;
+        state.set_settings(settings);
         conn.set_applied_settings(session);
     }
 
@@ -725,17 +778,15 @@ impl<'a> Session<'a> {
         stream: &mut Stream,
         buf: BytesMut,
         server: &mut PooledServer,
-        cancel: &CancelGuard<'_>,
         mut state: Option<&mut ClientState>,
-        stop_wait: std::pin::Pin<&mut WaitForCancellationFuture<'a>>,
-        drain: Option<Drain<'a, '_>>,
+        drain: Option<&'a std::sync::atomic::AtomicBool>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         let target = CancelTarget {
             pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
         };
         let timeouts = Timeouts::from_settings(server.pool().settings(), Some(target.clone()));
-        cancel.set_target(Some(target));
+        self.client.set_cancel_target(Some(target));
         let capacity = server.pool().settings().server_prepared_statements;
         let (pool, conn) = server.parts();
         let metrics = RelayMetrics {
@@ -769,13 +820,12 @@ impl<'a> Session<'a> {
             policy,
             exchange,
             metrics,
-            self.client.stopping(),
-            stop_wait,
+            self.client,
             drain,
             timeouts,
         )
         .await;
-        cancel.set_target(None);
+        self.client.set_cancel_target(None);
         if let (Some(state), RelayEnd::TransactionDone) = (state, &outcome.end) {
             self.after_transaction(conn, state, &outcome).await;
         }

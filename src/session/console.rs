@@ -72,8 +72,7 @@ pub(super) async fn serve(
     stream.write_all(&out).await.map_err(ClientError::Io)?;
     session.client.set_state(ClientState::Idle);
     tracing::info!(peer = %session.peer, user = %session.user, "admin console client connected");
-    let stop = session.client.stop_token();
-    match admin::serve(session.shared, stream, buf, framer, stop).await {
+    match admin::serve(session.shared, stream, buf, framer, session.client).await {
         Ok(()) => Ok(RelayEnd::ClientTerminated),
         Err(AdminError::Io(e)) => Err(ClientError::Io(e)),
         Err(AdminError::Read(e)) => Err(ClientError::from(e)),

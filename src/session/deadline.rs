@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
-use super::cancel::CancelTarget;
 use crate::config::PoolSettings;
+use crate::pool::CancelTarget;
 use crate::protocol::backend::TransactionStatus;
 
 /// Shortest re-check period, whatever the timeouts.

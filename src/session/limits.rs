@@ -24,15 +24,16 @@ pub struct ClientLimits {
     users: HashMap<String, Counter>,
 }
 
-/// A counted client; uncounted when dropped.
+/// A counted client (in its database's and its user's counter, when configured); uncounted when
+/// dropped. Inline, so a client's task holds it without an allocation.
 #[derive(Debug, Default)]
 pub struct ClientLimitGuard {
-    counted: Vec<Arc<AtomicUsize>>,
+    counted: [Option<Arc<AtomicUsize>>; 2],
 }
 
 impl Drop for ClientLimitGuard {
     fn drop(&mut self) {
-        for count in &self.counted {
+        for count in self.counted.iter().flatten() {
             count.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -78,13 +79,16 @@ impl ClientLimits {
     /// its limit. Unknown names are not counted here (login refuses them).
     pub fn admit(&self, database: &str, user: &str) -> Result<ClientLimitGuard, ClientError> {
         let mut guard = ClientLimitGuard::default();
-        for (what, name, counter) in [
+        for (slot, (what, name, counter)) in [
             ("database", database, self.databases.get(database)),
             ("user", user, self.users.get(user)),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let Some(counter) = counter else { continue };
             let now = counter.count.fetch_add(1, Ordering::Relaxed) + 1;
-            guard.counted.push(counter.count.clone());
+            guard.counted[slot] = Some(counter.count.clone());
             if let Some(max) = counter.max.filter(|max| now > *max) {
                 return Err(ClientError::TooManyClientsFor {
                     what,

@@ -18,27 +18,23 @@ mod retry;
 mod routing;
 pub mod startup;
 pub mod statements;
+mod task;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ClientError;
+pub use task::run_client;
 
 use crate::admin::{ClientRegistry, Control};
 use crate::config::{Config, NodeRole};
-use crate::metrics::{DatabaseMetrics, GlobalMetrics, Metrics};
-use crate::net::{ClientTlsAcceptor, ServerTlsConnector, Stream, WorkerId};
+use crate::metrics::{DatabaseMetrics, Metrics};
+use crate::net::{ClientTlsAcceptor, ServerTlsConnector};
 use crate::pool::PoolSet;
-use crate::protocol::backend;
 use crate::topology::{
     ClusterSnapshot, Freshness, Health, NodeId, NodeState, Role, TopologyHandle,
 };
@@ -229,14 +225,11 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Connected clients (after accept, before close).
     pub clients: AtomicUsize,
-    /// Fired when sessions must end now (shutdown timeout reached). Each session stops on a child
-    /// token of it (see [`ClientRegistry::register`]), which admin KILL cancels alone.
-    pub stop: CancellationToken,
-    /// Fired when the proxy starts draining (stopped accepting). Transaction-pooled clients then
-    /// finish the transaction they are in and are closed with 57P01 when next idle.
+    /// Fired when the proxy starts draining (stopped accepting), for tasks other than sessions.
     pub draining: CancellationToken,
-    /// Set just before `draining` is cancelled: what sessions check between transactions (one
-    /// atomic load; `CancellationToken::is_cancelled` takes a lock).
+    /// Set when the proxy starts draining, then every client is woken
+    /// ([`ClientRegistry::wake_all`]): transaction-pooled clients finish the transaction they are
+    /// in and are closed with 57P01 when next idle; session-pooled ones at their next idle point.
     pub drain_started: std::sync::atomic::AtomicBool,
     /// Named prepared statements of transaction-pooled clients, proxy-wide.
     pub statements: statements::StatementCache,
@@ -252,7 +245,6 @@ impl Shared {
             generation: ArcSwap::from_pointee(generation),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),
-            stop: CancellationToken::new(),
             draining: CancellationToken::new(),
             drain_started: std::sync::atomic::AtomicBool::new(false),
             statements: statements::StatementCache::new(STATEMENT_CACHE_CAPACITY),
@@ -262,139 +254,32 @@ impl Shared {
     }
 }
 
-/// Counts a connected client for `max_client_conn`; uncounted on drop.
-struct ClientSlot<'a>(&'a AtomicUsize);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::WorkerId;
+    use tokio::net::TcpStream;
 
-impl<'a> ClientSlot<'a> {
-    fn take(counter: &'a AtomicUsize) -> (ClientSlot<'a>, usize) {
-        let now = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        (ClientSlot(counter), now)
+    /// The task of an idle client is mostly its future: keep it small (idle clients in about
+    /// 1 KiB each). Tokio allocates a task as its future plus about 112 bytes, rounded up to
+    /// 128: at most 272 bytes here keeps the task at 384. Bytes, not time: the layout is
+    /// deterministic for a given compiler.
+    #[tokio::test]
+    async fn a_client_task_future_stays_small() {
+        let yaml = r#"
+users: [ { name: u, auth_method: trust } ]
+databases: [ { name: d, nodes: [ { host: 127.0.0.1, role: primary } ] } ]
+"#;
+        let config = crate::config::load_str(yaml, &|_| None).unwrap();
+        let shared = Arc::new(Shared::new(Generation::build(config).unwrap()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = tcp.local_addr().unwrap();
+        let task = run_client(shared, tcp, peer, WorkerId(0));
+        let size = std::mem::size_of_val(&task);
+        eprintln!("run_client future: {size} bytes");
+        assert!(size <= 272, "run_client future grew to {size} bytes");
     }
-}
-
-impl Drop for ClientSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Serves one accepted client connection until it ends, on the runtime of `worker`. Never panics on
-/// client input; every failure the client can be told about is sent as an ErrorResponse with a
-/// SQLSTATE before closing.
-pub async fn run_client(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, worker: WorkerId) {
-    let (_slot, connected) = ClientSlot::take(&shared.clients);
-    let generation = shared.generation.load_full();
-    let global = generation.metrics.global();
-    let _counted = global.client_connected();
-    let limits = &generation.config.limits;
-    let started = Instant::now();
-    // Boxed, like the other one-off futures, so an idle client's task stays small.
-    let opening = Box::pin(tokio::time::timeout(
-        limits.startup_timeout,
-        startup::open(
-            tcp,
-            generation.client_tls.as_ref(),
-            generation.config.client_tls.mode,
-        ),
-    ));
-    let opening = opening.await;
-    let (mut stream, startup, buf) = match opening {
-        Err(_) => {
-            tracing::info!(%peer, "client dropped: no startup packet within startup_timeout");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "client startup failed");
-            return;
-        }
-        Ok(Ok(startup::Opening::Cancel(key))) => {
-            let cancel = Box::pin(shared.cancels.cancel(key));
-            cancel.await;
-            return;
-        }
-        Ok(Ok(startup::Opening::Session {
-            stream,
-            startup,
-            buf,
-        })) => (stream, startup, buf),
-    };
-    if stream.is_tls() {
-        global.tls_handshakes.inc();
-    }
-    let user = startup.user().unwrap_or_default().to_string();
-    let database = startup.database().unwrap_or_default().to_string();
-    let client = shared
-        .registry
-        .register(peer, &user, &database, &shared.stop);
-    let admitted = generation.client_limits.admit(&database, &user);
-    let result = if connected > limits.max_client_conn {
-        Err(ClientError::TooManyClients {
-            max: limits.max_client_conn,
-        })
-    } else if let Err(e) = admitted {
-        Err(e)
-    } else {
-        let session = client::Session {
-            shared: &shared,
-            generation: &generation,
-            user: &user,
-            database: &database,
-            peer,
-            worker,
-            client: &client,
-        };
-        match session.serve(&mut stream, startup, buf, started).await {
-            Err(ClientError::ShuttingDown) if client.killed() => Err(ClientError::Killed),
-            other => other,
-        }
-    };
-    match result {
-        Ok(end) => {
-            tracing::info!(%peer, %user, %database, ?end, elapsed = ?started.elapsed(), "client disconnected")
-        }
-        Err(e) => {
-            match e.repeat_key(peer.ip(), &user) {
-                None => {
-                    tracing::info!(%peer, %user, %database, error = %e, "client session ended with error")
-                }
-                Some(key) => {
-                    if let Some(suppressed) = crate::logging::repeats().allow(&key) {
-                        tracing::warn!(%peer, %user, %database, error = %e, suppressed, "client session ended with error (repeats logged once per 10 s)");
-                    }
-                }
-            }
-            let db_metrics = generation
-                .database_metrics
-                .get(&database)
-                .unwrap_or(generation.metrics.unknown_database());
-            record_error(global, db_metrics, &e);
-            let report = Box::pin(report(&mut stream, &e));
-            report.await;
-        }
-    }
-}
-
-/// Counts a session-ending error: auth failures, limit rejections, and its SQLSTATE class.
-fn record_error(global: &GlobalMetrics, database: &DatabaseMetrics, error: &ClientError) {
-    match error {
-        ClientError::AuthFailed { .. }
-        | ClientError::Auth(crate::auth::AuthError::WrongPassword) => global.auth_failures.inc(),
-        ClientError::TooManyClients { .. } | ClientError::TooManyClientsFor { .. } => {
-            global.client_limit_rejections.inc()
-        }
-        _ => {}
-    }
-    if let Some(code) = error.fields().as_ref().and_then(|f| f.code()) {
-        database.error(code);
-    }
-}
-
-/// Sends `error` to the client if it can be told, then closes gracefully.
-async fn report(stream: &mut Stream, error: &ClientError) {
-    if let Some(fields) = error.fields() {
-        let mut out = BytesMut::new();
-        backend::encode_error(&fields, &mut out);
-        let _ = stream.write_all(&out).await;
-    }
-    let _ = stream.shutdown().await;
 }

@@ -20,7 +20,6 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
-use tokio_util::sync::WaitForCancellationFuture;
 
 use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::{Exchange, Expect, Response};
@@ -28,6 +27,7 @@ pub use super::flight::RelayMetrics;
 use super::flight::{note_request, observe, Flight, Source, StatementDrop};
 use super::pins::QueryEffects;
 use super::retry::{Hold, HoldStep};
+use crate::admin::ClientEntry;
 use crate::net::Stream;
 use crate::protocol::backend::TransactionStatus;
 use crate::protocol::frame::{Passthrough, Step};
@@ -474,7 +474,7 @@ fn owed(exchange: &Option<Exchange<'_>>) -> bool {
 }
 
 /// Both directions of one client/server pair.
-struct Relay<'a, 's, 'w, 'e> {
+struct Relay<'a, 's, 'e> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     upstream: Pipe,
@@ -483,41 +483,25 @@ struct Relay<'a, 's, 'w, 'e> {
     policy: Policy,
     /// Named prepared statements under transaction pooling (`None` in session pooling).
     exchange: Option<Exchange<'e>>,
-    /// Set when the proxy must stop now, just before the token `stop_wait` waits on is cancelled.
-    /// `stop_wait` is polled once to register this task's waker; after that only this atomic is
-    /// checked, so a wake-up costs no lock (`CancellationToken::is_cancelled` takes one).
-    stop: &'s AtomicBool,
-    stop_wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
-    stop_registered: bool,
-    /// Session pooling: the proxy's drain, registered like `stop`.
-    drain: Option<Drain<'s, 'w>>,
-    drain_registered: bool,
+    /// The client's entry: its stop flag (KILL, shutdown), and the waker slot that stop and the
+    /// proxy's drain wake. Registered at every poll (one atomic exchange, no lock): a wake-up
+    /// takes the waker out of the slot.
+    stop: &'s ClientEntry,
+    /// Session pooling: the flag set when the proxy starts draining (`None` once seen).
+    drain: Option<&'s AtomicBool>,
     /// The timeouts' timer, when any is set.
     deadlines: Option<Deadlines>,
 }
 
-/// A session-pooled relay's view of the proxy draining (graceful shutdown, upgrade): the flag set
-/// when it starts, and the wait on the drain token (owned by the caller), polled once to register.
-pub struct Drain<'s, 'w> {
-    pub started: &'s AtomicBool,
-    pub wait: Pin<&'w mut WaitForCancellationFuture<'s>>,
-}
-
-impl Future for Relay<'_, '_, '_, '_> {
+impl Future for Relay<'_, '_, '_> {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
-        if this.stop.load(Ordering::Acquire) {
+        if this.stop.poll_stopped(cx).is_ready() {
             return Poll::Ready(RelayEnd::Shutdown);
         }
-        if !this.stop_registered {
-            if this.stop_wait.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(RelayEnd::Shutdown);
-            }
-            this.stop_registered = true;
-        }
-        if this.drain_started(cx) {
+        if this.drain_started() {
             return Poll::Ready(RelayEnd::TransactionDone);
         }
         let policy = this.policy;
@@ -552,22 +536,16 @@ impl Future for Relay<'_, '_, '_, '_> {
     }
 }
 
-impl Relay<'_, '_, '_, '_> {
+impl Relay<'_, '_, '_> {
     /// Session pooling: whether the drain just began while the client is between transactions
     /// (then the relay ends now); later idle points end it in `scan`. A client that connected
     /// during the drain runs until its first transaction ends.
-    fn drain_started(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(drain) = self.drain.as_mut() else {
+    fn drain_started(&mut self) -> bool {
+        let Some(started) = self.drain else {
             return false;
         };
-        if !drain.started.load(Ordering::Acquire) {
-            if self.drain_registered {
-                return false;
-            }
-            self.drain_registered = true;
-            if drain.wait.as_mut().poll(cx).is_pending() {
-                return false;
-            }
+        if !started.load(Ordering::Acquire) {
+            return false;
         }
         self.drain = None;
         if self.flight.draining {
@@ -607,11 +585,10 @@ impl Relay<'_, '_, '_, '_> {
     }
 }
 
-/// Relays until either side ends or `stop` fires (`stop_wait` is `stop.cancelled()`, owned by the
-/// caller so a session can keep one registered across transactions). `client_buf` holds client
+/// Relays until either side ends or the client's entry `stop`s (KILL, shutdown). `client_buf` holds client
 /// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
-/// statements (transaction pooling). `timeouts` are enforced while relaying. With `drain`
-/// (session pooling), a relay that sees the proxy draining ends with `TransactionDone` at the
+/// statements (transaction pooling). `timeouts` are enforced while relaying. With `drain`, the
+/// proxy's drain flag (session pooling; the registry wakes every client when it is set), a relay that sees the proxy draining ends with `TransactionDone` at the
 /// client's next idle point, so no transaction is cut.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay<'s>(
@@ -623,14 +600,11 @@ pub async fn relay<'s>(
     policy: Policy,
     exchange: Option<Exchange<'_>>,
     metrics: RelayMetrics<'_>,
-    stop: &'s AtomicBool,
-    stop_wait: Pin<&mut WaitForCancellationFuture<'s>>,
-    drain: Option<Drain<'s, '_>>,
+    stop: &'s ClientEntry,
+    drain: Option<&'s AtomicBool>,
     timeouts: Timeouts,
 ) -> RelayOutcome {
-    let draining = drain
-        .as_ref()
-        .is_some_and(|d| d.started.load(Ordering::Acquire));
+    let draining = drain.is_some_and(|started| started.load(Ordering::Acquire));
     let deadlines = Deadlines::new(timeouts);
     let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
     if policy.retry_read_only {
@@ -661,10 +635,7 @@ pub async fn relay<'s>(
         policy,
         exchange,
         stop,
-        stop_wait,
-        stop_registered: false,
         drain,
-        drain_registered: false,
         deadlines,
     };
     let end = (&mut relay).await;

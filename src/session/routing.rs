@@ -111,8 +111,13 @@ pub(super) struct Retry {
 impl ClientRouting {
     pub fn new(generation: &Generation, database: &str, user: &str) -> Option<ClientRouting> {
         let db = generation.config.database(database)?;
-        let (settings, classifier) = generation.routing.get(database, user)?;
         let replicas = db.nodes.len() > 1;
+        if !replicas {
+            // One node: nothing to route, so no per-client routing state (an idle client stays
+            // small); `SET pgsluice.consistency_key` is then an ordinary custom setting.
+            return None;
+        }
+        let (settings, classifier) = generation.routing.get(database, user)?;
         Some(ClientRouting {
             classifier: classifier.clone(),
             balancer: generation.balancers.get(database)?.clone(),

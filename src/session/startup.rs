@@ -78,7 +78,7 @@ pub async fn open(
             StartupPacket::Startup(startup) => {
                 if mode == ClientTlsMode::Require && !stream.is_tls() {
                     let error = ClientError::TlsRequired;
-                    super::report(&mut stream, &error).await;
+                    super::task::report(&mut stream, &error).await;
                     return Err(error);
                 }
                 return Ok(Opening::Session {

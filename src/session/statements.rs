@@ -149,45 +149,51 @@ impl StatementCache {
     }
 }
 
-/// One client's named statements: its names mapped to proxy-wide statements. Empty (and
-/// allocation-free) for clients that never prepare a named statement.
+/// One client's named statements: its names mapped to proxy-wide statements. One pointer, and no
+/// allocation, for clients that never prepare a named statement (an idle client stays small).
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    by_name: Option<Box<ByName>>,
 }
+
+/// A client's statement names to proxy-wide statements.
+type ByName = HashMap<Box<[u8]>, Arc<Statement>>;
 
 impl ClientStatements {
     /// Binds the client's `name` to `statement` (a re-Parse of a name replaces it).
     pub fn insert(&mut self, name: &[u8], statement: Arc<Statement>) {
-        self.by_name.insert(name.into(), statement);
+        self.by_name
+            .get_or_insert_with(Box::default)
+            .insert(name.into(), statement);
     }
 
     pub fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+        self.by_name.as_ref()?.get(name)
     }
 
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
-        self.by_name.remove(name)
+        self.by_name.as_mut()?.remove(name)
     }
 
     /// Records that a server accepted the Parse of statement `id` (one of this client's).
     pub fn mark_valid(&self, id: u64) {
-        if let Some(statement) = self.by_name.values().find(|s| s.id == id) {
+        let mut statements = self.by_name.iter().flat_map(|map| map.values());
+        if let Some(statement) = statements.find(|s| s.id == id) {
             statement.mark_valid();
         }
     }
 
     /// `DEALLOCATE ALL` / `DISCARD ALL`: the client's view becomes empty.
     pub fn clear(&mut self) {
-        self.by_name = HashMap::new();
+        self.by_name = None;
     }
 
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.as_ref().map_or(0, |map| map.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.len() == 0
     }
 }
 
