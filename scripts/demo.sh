@@ -6,5 +6,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 
+ensure_build_tools
 ensure_postgres
 exec cargo run --release -- demo "$@"

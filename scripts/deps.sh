@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced helpers (not run directly) that install what the tests, the demo and the benchmarks
-# need from Debian's packages: the PostgreSQL server binaries and PgBouncer.
+# need from Debian's packages: a C toolchain, the PostgreSQL server binaries and PgBouncer.
 # The Debian package's own cluster is never used: we ask postgresql-common not to create it.
 
 # Prefix for commands that need root: empty as root, else sudo.
@@ -35,6 +35,15 @@ ensure_postgres() {
         echo "create_main_cluster = false" | "${PGSLUICE_SUDO[@]}" tee "$snippet" >/dev/null
     fi
     pgsluice_apt_install postgresql postgresql-client
+}
+
+# Installs a C compiler and make if missing (jemalloc, our allocator, is built from C sources).
+ensure_build_tools() {
+    if command -v cc >/dev/null && command -v make >/dev/null; then
+        return 0
+    fi
+    echo "==> installing C build tools" >&2
+    pgsluice_apt_install gcc make libc6-dev
 }
 
 # Installs PgBouncer (used by benches/pgbench_compare.sh) if it is missing.

@@ -10,6 +10,7 @@ source scripts/deps.sh
 # shellcheck source=scripts/drivers.sh
 source scripts/drivers.sh
 
+ensure_build_tools
 ensure_postgres
 ensure_pgbouncer
 ensure_drivers
