@@ -286,7 +286,9 @@ impl Pool {
                     pool: self.name.clone(),
                 })
             }
-            Err(TryAcquireError::NoPermits) => self.wait_for_slot().await?,
+            // Waiting and connecting are boxed: each checkout's future (moved into the client's
+            // per-transaction future) then carries neither unless it needs it.
+            Err(TryAcquireError::NoPermits) => Box::pin(self.wait_for_slot()).await?,
         };
         let (permit, reserve) = permit;
         loop {
@@ -301,8 +303,7 @@ impl Pool {
             }
             return Ok(PooledServer::new(member, permit, reserve, self.clone()));
         }
-        let conn = self
-            .connect_counted(worker)
+        let conn = Box::pin(self.connect_counted(worker))
             .await
             .map_err(|source| PoolError::Connect {
                 pool: self.name.clone(),
