@@ -116,9 +116,12 @@ trap 'exit 130' INT TERM
 # ---------------------------------------------------------------- helpers
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() {
-    local p
+    local p low
+    # Below the kernel's ephemeral range: a port above it can be taken by any outgoing
+    # connection (1000 pgbench clients use many) between this check and the bind.
+    low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (low - 10000)))
         port_in_use "$p" || { echo "$p"; return; }
     done
     die "no free port"

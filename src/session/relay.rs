@@ -37,6 +37,8 @@ use crate::server::ServerState;
 /// Read sizes per direction: clients mostly send small requests; servers stream results.
 const CLIENT_READ: usize = 8 * 1024;
 const SERVER_READ: usize = 16 * 1024;
+/// Free room below which a client buffer grows to `CLIENT_READ` before the next read.
+const CLIENT_MIN_SPARE: usize = 256;
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -108,6 +110,9 @@ pub struct RelayOutcome {
     pub statements_dropped: bool,
 }
 
+/// The least `out` reserves at its first use in a relay.
+const OUT_MIN: usize = 256;
+
 /// One direction: a buffer, the header walker, and how much of the buffer is ready to write.
 #[derive(Debug)]
 struct Pipe {
@@ -147,6 +152,16 @@ impl Pipe {
             read_size,
             max_message_size,
             hold: None,
+        }
+    }
+
+    /// Room below which the buffer grows before a read. Small on the client side: a request
+    /// usually fits in the buffer the idle client read it into, which then need not grow (and be
+    /// copied) at every transaction.
+    fn min_spare(&self) -> usize {
+        match self.source {
+            Source::Client => CLIENT_MIN_SPARE,
+            Source::Server => self.read_size / 4,
         }
     }
 
@@ -234,7 +249,7 @@ impl Pipe {
             if self.ready > 0 || !self.out.is_empty() || self.stop.is_some() {
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            if self.buf.capacity() - self.buf.len() < self.min_spare() {
                 self.buf.reserve(self.read_size);
             }
             match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
@@ -450,8 +465,17 @@ impl Pipe {
         self.pass.advance(n);
     }
 
+    /// Gives `out` room at its first use in a relay for everything buffered, so rewriting a
+    /// pipeline allocates once instead of growing message by message.
+    fn prepare_out(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(self.buf.len().max(OUT_MIN));
+        }
+    }
+
     /// Moves the bytes cleared in place to `out`, so that something can be inserted after them.
     fn divert(&mut self) {
+        self.prepare_out();
         if self.ready > 0 {
             self.out.extend_from_slice(&self.buf[..self.ready]);
             self.buf.advance(self.ready);
