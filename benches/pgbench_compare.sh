@@ -21,6 +21,7 @@
 #   -j N      pgbench threads, capped at the client count (env THREADS, default nproc)
 #   -I N      idle mode: instead of pgbench, log N idle clients into each proxy (benches/idle_clients.py)
 #             and report the proxy's resident memory per idle client (env IDLE_CLIENTS)
+#             Env IDLE_SQL: a query each idle client runs once after login (e.g. "SELECT 1")
 # Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
 # Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "health: { enabled: false }").
 # Env PGSLUICE_WORKERS sets pgsluice's limits.worker_threads (default: one per CPU).
@@ -257,7 +258,7 @@ measure_idle() {
         die "$target: warm-up logins failed"
     sleep 1
     before=$(rss_kib "$pid")
-    exec {hold}> >(exec python3 "$REPO/benches/idle_clients.py" "$port" postgres bench "$IDLE_CLIENTS" >"$out" 2>&1)
+    exec {hold}> >(exec python3 "$REPO/benches/idle_clients.py" "$port" postgres bench "$IDLE_CLIENTS" ${IDLE_SQL:+"$IDLE_SQL"} >"$out" 2>&1)
     for _ in $(seq 1 600); do
         grep -q '^ready' "$out" 2>/dev/null && break
         grep -q 'Error' "$out" 2>/dev/null && { cat "$out" >&2; die "$target: idle logins failed"; }
