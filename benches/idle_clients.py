@@ -12,14 +12,16 @@ import struct
 import sys
 
 
-async def until_ready(reader):
-    """Reads messages up to ReadyForQuery; raises on an ErrorResponse."""
+async def until_ready(reader, what: str):
+    """Reads messages up to ReadyForQuery; raises on an ErrorResponse or a password request."""
     while True:
         header = await reader.readexactly(5)
         tag, length = header[0:1], struct.unpack("!i", header[1:])[0]
         body = await reader.readexactly(length - 4)
         if tag == b"E":
-            raise RuntimeError(f"query failed: {body!r}")
+            raise RuntimeError(f"{what} failed: {body!r}")
+        if tag == b"R" and body[:4] != b"\0\0\0\0":
+            raise RuntimeError("only trust authentication is supported")
         if tag == b"Z":
             return
 
@@ -32,21 +34,12 @@ async def login(port: int, user: str, database: str, sql: str | None):
     ) + b"\0"
     writer.write(struct.pack("!ii", 8 + len(params), 196608) + params)
     await writer.drain()
-    while True:
-        header = await reader.readexactly(5)
-        tag, length = header[0:1], struct.unpack("!i", header[1:])[0]
-        body = await reader.readexactly(length - 4)
-        if tag == b"E":
-            raise RuntimeError(f"login refused: {body!r}")
-        if tag == b"R" and body[:4] != b"\0\0\0\0":
-            raise RuntimeError("only trust authentication is supported")
-        if tag == b"Z":
-            break
+    await until_ready(reader, "login")
     if sql is not None:
         query = sql.encode() + b"\0"
         writer.write(b"Q" + struct.pack("!i", 4 + len(query)) + query)
         await writer.drain()
-        await until_ready(reader)
+        await until_ready(reader, "query")
     return reader, writer
 
 

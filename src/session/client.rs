@@ -140,6 +140,31 @@ pub(super) struct Greeted {
     pub buf: BytesMut,
 }
 
+/// Polls an idle client's wait: ready once the client sent something (or closed), its session is
+/// stopped (`client`'s entry: KILL, shutdown), `timer` fired (client_idle_timeout) or, with
+/// `drain`, the proxy started draining. The wakers live in their owners' slots (socket, client
+/// entry, timer), so a task waiting this way (`std::future::poll_fn`) keeps no state beyond
+/// its references, and no read buffer.
+pub(super) fn poll_idle(
+    cx: &mut std::task::Context<'_>,
+    client: &ClientEntry,
+    stream: &Stream,
+    timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    drain: Option<&std::sync::atomic::AtomicBool>,
+) -> Poll<Result<(), ClientError>> {
+    if client.poll_stopped(cx).is_ready()
+        || drain.is_some_and(|started| started.load(Ordering::Acquire))
+    {
+        return Poll::Ready(Err(ClientError::ShuttingDown));
+    }
+    if let Some(timer) = timer.as_mut() {
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(ClientError::ClientIdleTimeout));
+        }
+    }
+    stream.poll_read_ready(cx).map_err(ClientError::Io)
+}
+
 /// One logged-in (or logging-in) client.
 pub(super) struct Session<'a> {
     pub shared: &'a Shared,
@@ -226,7 +251,8 @@ impl<'a> Session<'a> {
                 // Greeted without a connection: take one when the client sends its first
                 // message (checkout_timeout and the waiting notice apply).
                 if buf.is_empty() {
-                    self.wait_idle(stream, &mut None, false).await?;
+                    std::future::poll_fn(|cx| poll_idle(cx, self.client, stream, &mut None, None))
+                        .await?;
                 }
                 let checkout = Box::pin(self.checkout(stream, &pool, &settings));
                 checkout.await?
@@ -425,33 +451,6 @@ impl<'a> Session<'a> {
         server.release(reset).await;
         self.client.set_state(Activity::Idle);
         (end, rest)
-    }
-
-    /// Waits without a read buffer until the client sends something (or closes), the session is
-    /// stopped, `timer` fires (client_idle_timeout) or, with `drain`, the proxy drains. All the
-    /// wakers live in their owners' slots (socket, client entry, timer), so the waiting task keeps
-    /// no state beyond this call's references.
-    async fn wait_idle(
-        &self,
-        stream: &Stream,
-        timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-        drain: bool,
-    ) -> Result<(), ClientError> {
-        let drain_started = &self.shared.drain_started;
-        std::future::poll_fn(|cx| {
-            if self.client.poll_stopped(cx).is_ready()
-                || (drain && drain_started.load(Ordering::Acquire))
-            {
-                return Poll::Ready(Err(ClientError::ShuttingDown));
-            }
-            if let Some(timer) = timer.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ClientIdleTimeout));
-                }
-            }
-            stream.poll_read_ready(cx).map_err(ClientError::Io)
-        })
-        .await
     }
 
     /// Checks the database, user, startup parameters and password. Returns the settings to apply.

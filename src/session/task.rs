@@ -7,14 +7,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::client::{ClientState, Greeted, Served, Session, Step};
+use super::client::{poll_idle, ClientState, Greeted, Served, Session, Step};
 use super::limits::ClientLimitGuard;
 use super::routing::ClientRouting;
 use super::{startup, ClientError, Generation, Shared};
@@ -250,27 +249,16 @@ impl Client {
         }
     }
 
-    /// Waits until the client sends something (or closes), the session is stopped, `timer` fires
-    /// (client_idle_timeout) or the proxy drains. The wakers live in their owners' slots (socket,
-    /// client entry, timer), so this wait keeps no state beyond its references.
+    /// Waits for the client's next message, without a read buffer (see [`poll_idle`]); closes
+    /// it if the proxy drains meanwhile.
     fn wait_idle<'s>(
         &'s self,
         timer: &'s mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     ) -> impl Future<Output = Result<(), ClientError>> + 's {
         std::future::poll_fn(move |cx| {
-            let drain_started = &self.tenancy.shared.drain_started;
-            let drain = self.close_when_drained;
-            if self.entry.poll_stopped(cx).is_ready()
-                || (drain && drain_started.load(Ordering::Acquire))
-            {
-                return Poll::Ready(Err(ClientError::ShuttingDown));
-            }
-            if let Some(timer) = timer.as_mut() {
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Err(ClientError::ClientIdleTimeout));
-                }
-            }
-            self.stream.poll_read_ready(cx).map_err(ClientError::Io)
+            let drain = &self.tenancy.shared.drain_started;
+            let drain = self.close_when_drained.then_some(drain);
+            poll_idle(cx, &self.entry, &self.stream, timer, drain)
         })
     }
 
