@@ -155,22 +155,17 @@ impl ClientEntry {
         self.wake.wake();
     }
 
-    /// The stop flag, for hot paths that check it without registering a waker.
-    pub fn stopping(&self) -> &AtomicBool {
-        &self.stopping
+    /// Whether the session must stop (KILL or shutdown).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
-    /// Registers the session task's waker to be woken by [`ClientEntry::stop`] and by
-    /// [`ClientRegistry::wake_all`]. Must be called before checking the condition waited for
-    /// (register, then check), or a wake-up between the two is lost.
-    pub fn register_waker(&self, cx: &mut Context<'_>) {
-        self.wake.register(cx.waker());
-    }
-
-    /// Ready once the session must stop; registers the waker while not.
+    /// Ready once the session must stop. Registers the session task's waker first (then checks,
+    /// so no wake-up is lost): [`ClientEntry::stop`] and [`ClientRegistry::wake_all`] wake it,
+    /// so a task waiting on other flags too (the drain) is woken by the same slot.
     pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.register_waker(cx);
-        match self.stopping.load(Ordering::Acquire) {
+        self.wake.register(cx.waker());
+        match self.is_stopping() {
             true => Poll::Ready(()),
             false => Poll::Pending,
         }
@@ -313,19 +308,16 @@ mod tests {
         a.pin("LISTEN");
         assert_eq!(a.pinned(), Some("SET"));
         registry.get(b.id).unwrap().kill();
-        assert!(b.stopping().load(Ordering::Relaxed) && b.killed());
-        assert!(!a.stopping().load(Ordering::Relaxed));
+        assert!(b.is_stopping() && b.killed());
+        assert!(!a.is_stopping());
         let ids: Vec<u64> = registry.snapshot().iter().map(|c| c.id).collect();
         assert_eq!(ids, [a.id, b.id]);
         registry.unregister(b.id);
         assert_eq!(registry.len(), 1);
         registry.stop_all();
-        assert!(a.stopping().load(Ordering::Relaxed) && !a.killed());
+        assert!(a.is_stopping() && !a.killed());
         let late = registry.register(peer, "app", "db");
-        assert!(
-            late.stopping().load(Ordering::Relaxed),
-            "registered after stop_all"
-        );
+        assert!(late.is_stopping(), "registered after stop_all");
     }
 
     #[tokio::test]
