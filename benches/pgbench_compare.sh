@@ -25,6 +25,8 @@
 # Env PGSLUICE_BIN=path uses that pgsluice binary instead of building target/release/pgsluice.
 # Env PGSLUICE_EXTRA_YAML is appended to pgsluice's generated config (e.g. "health: { enabled: false }").
 # Env PGSLUICE_WORKERS sets pgsluice's limits.worker_threads (default: one per CPU).
+# Env PGSLUICE_B_BIN=path adds target "pgsluice-b": a second pgsluice binary with the same config,
+# for A/B comparisons of two builds in one run (e.g. -t "pgbouncer pgsluice pgsluice-b").
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
 set -euo pipefail
@@ -100,12 +102,14 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgsluice-bench.XXXXXX")
 chmod 0700 "$WORK"
 [ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK"
 SLUICE_PID=""
+SLUICE_B_PID=""
 BOUNCER_PID=""
 PG_STARTED=0
 
 cleanup() {
     set +e
     [ -n "$SLUICE_PID" ] && kill "$SLUICE_PID" 2>/dev/null && wait "$SLUICE_PID" 2>/dev/null
+    [ -n "$SLUICE_B_PID" ] && kill "$SLUICE_B_PID" 2>/dev/null && wait "$SLUICE_B_PID" 2>/dev/null
     [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
     [ "$PG_STARTED" -eq 1 ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1
     sleep 0.5
@@ -227,10 +231,12 @@ EOF
 fi
 
 # ---------------------------------------------------------------- pgsluice
-if wants pgsluice; then
-    PORT[pgsluice]=$(free_port)
-    cat >"$WORK/pgsluice.yaml" <<EOF
-listeners: [{ address: "127.0.0.1:${PORT[pgsluice]}" }]
+# start_sluice TARGET BINARY: writes TARGET's config, starts it; sets PORT/PID[TARGET] and LAST_PID.
+start_sluice() {
+    local target=$1 bin=$2
+    PORT[$target]=$(free_port)
+    cat >"$WORK/$target.yaml" <<EOF
+listeners: [{ address: "127.0.0.1:${PORT[$target]}" }]
 auth: { method: trust }
 pool: { mode: $POOL_MODE, size: $POOL_SIZE }
 limits: { max_client_conn: $CLIENT_LIMIT${PGSLUICE_WORKERS:+, worker_threads: $PGSLUICE_WORKERS} }
@@ -238,11 +244,20 @@ users: [{ name: postgres }]
 databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
 ${PGSLUICE_EXTRA_YAML:-}
 EOF
-    log "starting pgsluice on port ${PORT[pgsluice]} ($POOL_MODE, pool $POOL_SIZE)"
-    RUST_LOG=${RUST_LOG:-warn} "$SLUICE_BIN" run -c "$WORK/pgsluice.yaml" >"$WORK/pgsluice.log" 2>&1 &
-    SLUICE_PID=$!
-    PID[pgsluice]=$SLUICE_PID
-    wait_ready "${PORT[pgsluice]}" pgsluice "$SLUICE_PID"
+    log "starting $target ($bin) on port ${PORT[$target]} ($POOL_MODE, pool $POOL_SIZE)"
+    RUST_LOG=${RUST_LOG:-warn} "$bin" run -c "$WORK/$target.yaml" >"$WORK/$target.log" 2>&1 &
+    LAST_PID=$!
+    PID[$target]=$LAST_PID
+    wait_ready "${PORT[$target]}" "$target" "$LAST_PID"
+}
+if wants pgsluice; then
+    start_sluice pgsluice "$SLUICE_BIN"
+    SLUICE_PID=$LAST_PID
+fi
+if wants pgsluice-b; then
+    [ -x "${PGSLUICE_B_BIN:-}" ] || die "target pgsluice-b needs PGSLUICE_B_BIN"
+    start_sluice pgsluice-b "$PGSLUICE_B_BIN"
+    SLUICE_B_PID=$LAST_PID
 fi
 
 # ---------------------------------------------------------------- idle mode

@@ -3,7 +3,7 @@
 //! shutdown) and the target of its cancel requests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -69,6 +69,9 @@ pub struct ClientEntry {
     /// The session task's waker while it waits, woken for stop and for the proxy's drain: one
     /// slot per client instead of a registered waiter per signal.
     wake: AtomicWaker,
+    /// Wake-ups so far, bumped before each: a caller polled many times in a row registers its
+    /// waker again only when this moved ([`ClientEntry::poll_stopped_registered`]).
+    wakes: AtomicU32,
     /// Where this client's cancel requests go; `None` between server connections.
     cancel: Mutex<Option<CancelTarget>>,
     /// The cancel key issued to this client (BackendKeyData), once issued.
@@ -152,6 +155,12 @@ impl ClientEntry {
     /// Ends the session now (KILL or shutdown): the flag first, then the wake-up.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.wake_up();
+    }
+
+    /// Wakes the session's task so it looks at its flags again.
+    fn wake_up(&self) {
+        self.wakes.fetch_add(1, Ordering::AcqRel);
         self.wake.wake();
     }
 
@@ -165,6 +174,26 @@ impl ClientEntry {
     /// so a task waiting on other flags too (the drain) is woken by the same slot.
     pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.wake.register(cx.waker());
+        match self.is_stopping() {
+            true => Poll::Ready(()),
+            false => Poll::Pending,
+        }
+    }
+
+    /// Like [`ClientEntry::poll_stopped`], for a future polled many times by one task (the
+    /// relay): the waker is registered at the first poll and again only after a wake-up (which
+    /// empties the slot), so most polls cost two loads. `registered` is the caller's record of
+    /// the wake-up count it registered at.
+    pub fn poll_stopped_registered(
+        &self,
+        cx: &mut Context<'_>,
+        registered: &mut Option<u32>,
+    ) -> Poll<()> {
+        let wakes = self.wakes.load(Ordering::Acquire);
+        if *registered != Some(wakes) {
+            self.wake.register(cx.waker());
+            *registered = Some(wakes);
+        }
         match self.is_stopping() {
             true => Poll::Ready(()),
             false => Poll::Pending,
@@ -229,7 +258,7 @@ impl ClientRegistry {
     /// watches (the proxy started draining).
     pub fn wake_all(&self) {
         for entry in self.clients.iter() {
-            entry.wake.wake();
+            entry.wake_up();
         }
     }
 
@@ -249,6 +278,7 @@ impl ClientRegistry {
             killed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             wake: AtomicWaker::new(),
+            wakes: AtomicU32::new(0),
             cancel: Mutex::new(None),
             cancel_key: OnceLock::new(),
         });

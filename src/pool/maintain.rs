@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Member, OpenSlot, Pool};
+use super::{Member, OpenSlot, Pool, SlotKind};
 use crate::net::WorkerId;
 
 /// How often each pool looks after itself.
@@ -48,8 +48,9 @@ impl Pool {
     async fn prune_idle(&self) {
         let idle_timeout = self.settings.server_idle_timeout;
         let min = self.settings.min_size;
-        let doomed: Vec<Member> = {
-            let mut idle = self.lock_idle();
+        let doomed: Vec<Box<Member>> = {
+            let mut slots = self.lock_slots();
+            let idle = &mut slots.idle;
             let mut open = self.open.load(Ordering::Relaxed);
             let mut doomed = Vec::new();
             // Oldest-used first: the Vec is used as a stack, so the front has waited longest.
@@ -82,15 +83,19 @@ impl Pool {
     /// never exceeds `size`.
     async fn fill_to_min(&self) {
         while self.open.load(Ordering::Relaxed) < self.settings.min_size {
-            let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
+            if !self.lock_slots().try_take(self.settings.size) {
                 return;
-            };
+            }
             match self.connect_counted(WorkerId::MAIN).await {
-                Ok(conn) => self.put_idle(Member {
-                    conn,
-                    _slot: OpenSlot::new(&self.open),
-                }),
+                Ok(conn) => self.give_back(
+                    Box::new(Member {
+                        conn,
+                        _slot: OpenSlot::new(&self.open),
+                    }),
+                    SlotKind::Regular,
+                ),
                 Err(e) => {
+                    self.free_slot(SlotKind::Regular);
                     let key = format!("min_size:{}", self.name);
                     if let Some(suppressed) = crate::logging::repeats().allow(&key) {
                         tracing::warn!(pool = %self.name, error = %e, suppressed, "cannot open server connection for min_size");

@@ -4,15 +4,17 @@
 
 mod cancel;
 mod maintain;
+mod queue;
 mod set;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::Notify;
 
 pub use cancel::CancelTarget;
+use queue::{Event, Grant, SlotKind, Slots};
 pub use set::{PoolKey, PoolSet};
 
 use crate::config::PoolSettings;
@@ -90,12 +92,13 @@ pub struct Pool {
     name: String,
     settings: PoolSettings,
     connect: ConnectParams,
-    permits: Arc<Semaphore>,
-    /// Slots beyond `size` (`reserve_size`), for clients that waited `reserve_timeout`.
-    reserve: Arc<Semaphore>,
-    idle: Mutex<Vec<Member>>,
+    /// Idle connections, slots taken (`size` regular, `reserve_size` for clients that waited
+    /// `reserve_timeout`) and the FIFO queue of waiting checkouts, under one lock held only for
+    /// a push or pop (never across `.await`).
+    slots: Mutex<Slots>,
     open: Arc<AtomicUsize>,
-    waiting: AtomicUsize,
+    /// Checkouts waiting for an admin RESUME (those waiting for a slot are in `slots`).
+    paused_waiting: AtomicUsize,
     metrics: Arc<PoolMetrics>,
     /// Admin PAUSE: new checkouts wait until [`Pool::resume`].
     paused: AtomicBool,
@@ -143,13 +146,11 @@ impl Pool {
             .set(i64::try_from(settings.size).unwrap_or(i64::MAX));
         Arc::new(Pool {
             name,
-            permits: Arc::new(Semaphore::new(settings.size)),
-            reserve: Arc::new(Semaphore::new(settings.reserve_size)),
             settings,
             connect,
-            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Slots::default()),
             open: Arc::new(AtomicUsize::new(0)),
-            waiting: AtomicUsize::new(0),
+            paused_waiting: AtomicUsize::new(0),
             metrics,
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
@@ -161,7 +162,7 @@ impl Pool {
     /// The server parameters to greet a client with while every connection is taken (`None`
     /// until the pool has opened a connection, or while a slot is free).
     pub fn greeting_when_full(&self) -> Option<ServerParams> {
-        if self.permits.available_permits() > 0 {
+        if self.lock_slots().used < self.settings.size {
             return None;
         }
         self.greeting
@@ -190,20 +191,19 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let idle = self.lock_idle().len();
+        let slots = self.lock_slots();
         PoolStats {
             open: self.open.load(Ordering::Relaxed),
-            idle,
-            active: self.settings.size - self.permits.available_permits()
-                + self.settings.reserve_size
-                - self.reserve.available_permits(),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            idle: slots.idle.len(),
+            active: slots.used + slots.reserve_used,
+            waiting: slots.waiting() + self.paused_waiting.load(Ordering::Relaxed),
         }
     }
 
     /// The idle connections, most recently used last.
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        self.lock_idle()
+        self.lock_slots()
+            .idle
             .iter()
             .map(|m| IdleServer {
                 age: m.conn.age(),
@@ -232,7 +232,7 @@ impl Pool {
     /// Waits while the pool is paused, up to `checkout_timeout`.
     async fn wait_resumed(&self) -> Result<(), PoolError> {
         let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.paused_waiting.fetch_add(1, Ordering::Relaxed);
         let resumed = tokio::time::timeout(self.settings.checkout_timeout, async {
             loop {
                 let notified = self.resumed.notified();
@@ -246,18 +246,11 @@ impl Pool {
             }
         })
         .await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.paused_waiting.fetch_sub(1, Ordering::Relaxed);
         resumed.map_err(|_| PoolError::Paused {
             pool: self.name.clone(),
             waited: started.elapsed(),
         })
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
-        // A panic while holding this lock cannot leave the Vec inconsistent; keep going.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether a connection is too old to be used again.
@@ -271,29 +264,46 @@ impl Pool {
     /// The connection is driven by `worker`, the caller's runtime. While the pool is paused (admin
     /// PAUSE) it first waits for RESUME, also bounded by `checkout_timeout`.
     pub async fn checkout(self: &Arc<Self>, worker: WorkerId) -> Result<PooledServer, PoolError> {
+        self.checkout_noticed(worker, None::<fn() -> std::future::Ready<()>>)
+            .await
+    }
+
+    /// Like [`Pool::checkout`]; a checkout still waiting after `checkout_notice_after` runs
+    /// `notice` once (e.g. to tell the client) and keeps its place in the queue.
+    pub async fn checkout_noticed<N, F>(
+        self: &Arc<Self>,
+        worker: WorkerId,
+        notice: Option<N>,
+    ) -> Result<PooledServer, PoolError>
+    where
+        N: FnOnce() -> F,
+        F: std::future::Future<Output = ()>,
+    {
         if self.paused.load(Ordering::Relaxed) {
             self.wait_resumed().await?;
         }
-        // Free slot: no timer, no clock read. The semaphore hands released slots to queued waiters
-        // first, so this never jumps the FIFO queue.
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.metrics.checkout_wait.observe_zero();
-                (permit, false)
-            }
-            Err(TryAcquireError::Closed) => {
-                return Err(PoolError::Closed {
-                    pool: self.name.clone(),
-                })
-            }
+        // A free slot: no timer, no clock read, no waiting.
+        let taken = self.lock_slots().try_take(self.settings.size);
+        let mut server = if taken {
+            self.metrics.checkout_wait.observe_zero();
+            PooledServer::new(None, SlotKind::Regular, self.clone())
+        } else {
             // Waiting and connecting are boxed: each checkout's future (moved into the client's
             // per-transaction future) then carries neither unless it needs it.
-            Err(TryAcquireError::NoPermits) => Box::pin(self.wait_for_slot()).await?,
+            match Box::pin(self.wait_for_slot(worker, notice)).await? {
+                Grant::Server(member, kind) => PooledServer::new(Some(member), kind, self.clone()),
+                Grant::Slot(kind) => PooledServer::new(None, kind, self.clone()),
+                Grant::TimedOut | Grant::Closed => {
+                    unreachable!("wait_for_slot maps these to errors")
+                }
+            }
         };
-        let (permit, reserve) = permit;
+        // The slot is held by `server` from here: dropping it on an error frees the slot.
+        let mut candidate = server.member.take();
         loop {
-            let candidate = self.pop_idle(worker);
-            let Some(mut member) = candidate else { break };
+            let Some(mut member) = candidate.take().or_else(|| self.pop_idle(worker)) else {
+                break;
+            };
             if self.expired(&member.conn)
                 || !member.conn.check_alive()
                 || member.conn.move_to(worker).is_err()
@@ -301,7 +311,8 @@ impl Pool {
                 tracing::debug!(pool = %self.name, "closing stale idle server connection");
                 continue;
             }
-            return Ok(PooledServer::new(member, permit, reserve, self.clone()));
+            server.member = Some(member);
+            return Ok(server);
         }
         let conn = Box::pin(self.connect_counted(worker))
             .await
@@ -310,11 +321,11 @@ impl Pool {
                 source,
             })?;
         tracing::debug!(pool = %self.name, "opened server connection");
-        let member = Member {
+        server.member = Some(Box::new(Member {
             conn,
             _slot: OpenSlot::new(&self.open),
-        };
-        Ok(PooledServer::new(member, permit, reserve, self.clone()))
+        }));
+        Ok(server)
     }
 
     /// Opens a server connection, counting the attempt in the metrics.
@@ -336,61 +347,64 @@ impl Pool {
         connected
     }
 
-    /// Waits in the FIFO queue for a slot, up to `checkout_timeout`; after `reserve_timeout` a reserve
-    /// slot will do too. Returns the slot and whether it is a reserve one.
-    async fn wait_for_slot(&self) -> Result<(OwnedSemaphorePermit, bool), PoolError> {
-        let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.metrics.clients_waiting.inc();
-        let acquired =
-            tokio::time::timeout(self.settings.checkout_timeout, self.acquire_slot()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.clients_waiting.dec();
-        self.metrics.checkout_wait.observe_since(started);
-        match acquired {
-            Err(_) => {
-                self.metrics.checkout_timeouts.inc();
-                Err(PoolError::CheckoutTimeout {
+    /// Waits in the FIFO queue up to `checkout_timeout` for a connection handed back or a slot
+    /// freed; after `reserve_timeout` a reserve slot will do too. Returns a [`Grant::Server`] or
+    /// [`Grant::Slot`].
+    async fn wait_for_slot<N, F>(
+        self: &Arc<Self>,
+        worker: WorkerId,
+        mut notice: Option<N>,
+    ) -> Result<Grant, PoolError>
+    where
+        N: FnOnce() -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        let mut ticket = match self.enqueue(worker) {
+            Ok(ticket) => ticket,
+            Err(Grant::Closed) => {
+                return Err(PoolError::Closed {
                     pool: self.name.clone(),
-                    waited: started.elapsed(),
-                    size: self.settings.size,
                 })
             }
-            Ok(Err(_)) => Err(PoolError::Closed {
+            Err(grant) => {
+                self.metrics.checkout_wait.observe_zero();
+                return Ok(grant);
+            }
+        };
+        let grant = loop {
+            match std::future::poll_fn(|cx| ticket.poll(cx)).await {
+                Event::Granted(grant) => break grant,
+                Event::NoticeDue => {
+                    if let Some(notice) = notice.take() {
+                        notice().await;
+                    }
+                }
+            }
+        };
+        let started = ticket.since();
+        drop(ticket);
+        self.metrics.checkout_wait.observe_since(started);
+        match grant {
+            Grant::TimedOut => Err(PoolError::CheckoutTimeout {
+                pool: self.name.clone(),
+                waited: started.elapsed(),
+                size: self.settings.size,
+            }),
+            Grant::Closed => Err(PoolError::Closed {
                 pool: self.name.clone(),
             }),
-            Ok(Ok(permit)) => Ok(permit),
-        }
-    }
-
-    /// A regular slot; with a reserve, after `reserve_timeout` whichever of a regular or a reserve
-    /// slot frees first (true if reserve).
-    async fn acquire_slot(&self) -> Result<(OwnedSemaphorePermit, bool), AcquireError> {
-        let mut regular = std::pin::pin!(self.permits.clone().acquire_owned());
-        if self.settings.reserve_size == 0 {
-            return regular.await.map(|p| (p, false));
-        }
-        if let Ok(acquired) =
-            tokio::time::timeout(self.settings.reserve_timeout, regular.as_mut()).await
-        {
-            return acquired.map(|p| (p, false));
-        }
-        tracing::info!(pool = %self.name, "client waited reserve_timeout: a reserve connection may open");
-        tokio::select! {
-            acquired = regular => acquired.map(|p| (p, false)),
-            acquired = self.reserve.clone().acquire_owned() => acquired.map(|p| (p, true)),
+            grant => Ok(grant),
         }
     }
 
     /// Stops handing out connections: waiters and later checkouts fail with [`PoolError::Closed`].
     pub fn close(&self) {
-        self.permits.close();
-        self.reserve.close();
+        self.close_queue();
     }
 
     /// Closes every idle connection (shutdown, node down).
     pub async fn close_idle(&self) {
-        let idle: Vec<Member> = std::mem::take(&mut *self.lock_idle());
+        let idle: Vec<Box<Member>> = std::mem::take(&mut self.lock_slots().idle);
         self.metrics
             .server_idle
             .add(-i64::try_from(idle.len()).unwrap_or(0));
@@ -401,21 +415,18 @@ impl Pool {
 
     /// The most recently used idle connection, preferring one already driven by `worker` so it need
     /// not move between reactors.
-    fn pop_idle(&self, worker: WorkerId) -> Option<Member> {
-        let mut idle = self.lock_idle();
+    fn pop_idle(&self, worker: WorkerId) -> Option<Box<Member>> {
+        let mut slots = self.lock_slots();
+        let idle = &mut slots.idle;
         let member = match idle.iter().rposition(|m| m.conn.home() == worker) {
             Some(index) => Some(idle.remove(index)),
             None => idle.pop(),
         };
+        drop(slots);
         if member.is_some() {
             self.metrics.server_idle.dec();
         }
         member
-    }
-
-    fn put_idle(&self, member: Member) {
-        self.lock_idle().push(member);
-        self.metrics.server_idle.inc();
     }
 }
 
@@ -424,21 +435,22 @@ impl Pool {
 /// the slot is freed.
 #[derive(Debug)]
 pub struct PooledServer {
-    member: Option<Member>,
+    member: Option<Box<Member>>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
-    /// Checked out under a reserve slot: closed on release while the pool is above `size`.
-    reserve: bool,
+    /// The slot held until the connection is handed back or closed. A reserve one: the
+    /// connection is closed on release while the pool is above `size`.
+    slot: Option<SlotKind>,
 }
 
 impl PooledServer {
-    fn new(member: Member, permit: OwnedSemaphorePermit, reserve: bool, pool: Arc<Pool>) -> Self {
+    /// Holds `slot` from now on; `member` may be filled in later (an empty one only frees the
+    /// slot when dropped).
+    fn new(member: Option<Box<Member>>, slot: SlotKind, pool: Arc<Pool>) -> Self {
         pool.metrics.server_active.inc();
         PooledServer {
-            member: Some(member),
+            member,
             pool,
-            _permit: permit,
-            reserve,
+            slot: Some(slot),
         }
     }
 
@@ -469,7 +481,8 @@ impl PooledServer {
         let Some(member) = self.member.take() else {
             return;
         };
-        let Member { mut conn, _slot } = member;
+        let mut member = member;
+        let conn = &mut member.conn;
         let clean = match conn.state() {
             ServerState::Idle => true,
             ServerState::InTransaction | ServerState::FailedTransaction => conn
@@ -501,81 +514,39 @@ impl PooledServer {
         }
         if !clean {
             tracing::debug!(pool = %self.pool.name, state = ?conn.state(), "closing server connection that cannot be reused");
-            conn.close().await;
+            member.conn.close().await;
             return;
         }
-        if self.pool.expired(&conn) {
-            conn.close().await;
+        let now = Instant::now();
+        let lifetime = self.pool.settings.server_lifetime;
+        if !lifetime.is_zero() && conn.age_at(now) >= lifetime {
+            member.conn.close().await;
             return;
         }
-        if self.reserve && self.pool.open.load(Ordering::Relaxed) > self.pool.settings.size {
+        let reserve = self.slot == Some(SlotKind::Reserve);
+        if reserve && self.pool.open.load(Ordering::Relaxed) > self.pool.settings.size {
             tracing::debug!(pool = %self.pool.name, "closing reserve server connection");
-            conn.close().await;
+            member.conn.close().await;
             return;
         }
-        conn.set_state(ServerState::Idle);
-        self.pool.put_idle(Member { conn, _slot });
+        conn.mark_idle(now);
+        if let Some(kind) = self.slot.take() {
+            self.pool.give_back(member, kind);
+        }
     }
 }
 
 impl Drop for PooledServer {
-    /// Released or not, the connection is no longer checked out.
+    /// Released or not, the connection is no longer checked out. One never handed back is closed
+    /// first, then its slot freed (for a waiter to open a new one).
     fn drop(&mut self) {
         self.pool.metrics.server_active.dec();
+        drop(self.member.take());
+        if let Some(kind) = self.slot.take() {
+            self.pool.free_slot(kind);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ServerTls;
-    use crate::net::ServerTlsConnector;
-
-    /// A pool whose connections go nowhere (port 1 refuses), so a checkout past the pause gate
-    /// fails fast with `Connect`.
-    fn unreachable_pool(checkout_timeout: Duration) -> Arc<Pool> {
-        let settings = PoolSettings {
-            checkout_timeout,
-            ..PoolSettings::default()
-        };
-        let connect = ConnectParams {
-            host: "127.0.0.1".into(),
-            port: 1,
-            user: "u".into(),
-            password: None,
-            database: "d".into(),
-            tls: ServerTlsConnector::new(&ServerTls {
-                mode: crate::config::ServerTlsMode::Disable,
-                ..ServerTls::default()
-            })
-            .unwrap(),
-            connect_timeout: Duration::from_secs(1),
-            max_message_size: 1 << 20,
-        };
-        Pool::new("d/u@n".into(), settings, connect)
-    }
-
-    #[tokio::test]
-    async fn paused_checkout_times_out_then_resume_lets_it_through() {
-        let pool = unreachable_pool(Duration::from_millis(100));
-        pool.pause();
-        assert!(pool.is_paused());
-        let err = pool.checkout(WorkerId::MAIN).await.unwrap_err();
-        assert!(matches!(err, PoolError::Paused { .. }), "{err}");
-        assert_eq!(pool.stats().waiting, 0);
-
-        let pool = unreachable_pool(Duration::from_secs(10));
-        pool.pause();
-        let waiter = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.checkout(WorkerId::MAIN).await.map(|_| ()) }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(pool.stats().waiting, 1);
-        pool.resume();
-        let result = tokio::time::timeout(Duration::from_secs(5), waiter).await;
-        let err = result.unwrap().unwrap().unwrap_err();
-        assert!(matches!(err, PoolError::Connect { .. }), "{err}");
-        assert!(pool.idle_servers().is_empty());
-    }
-}
+mod tests;

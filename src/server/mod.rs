@@ -169,7 +169,18 @@ impl ServerConnection {
     /// Sets the state observed by whoever relayed traffic on this connection.
     pub fn set_state(&mut self, state: ServerState) {
         self.state = state;
-        self.last_used = Instant::now();
+    }
+
+    /// Marks the connection idle as it is handed back at `now` (what [`Self::idle_for`] counts
+    /// from).
+    pub fn mark_idle(&mut self, now: Instant) {
+        self.state = ServerState::Idle;
+        self.last_used = now;
+    }
+
+    /// Age at `now` (a clock read the caller shares).
+    pub fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.created)
     }
 
     /// Age since connect.

@@ -541,41 +541,31 @@ impl<'a> Session<'a> {
     }
 
     /// Checks a connection out of `pool`; a client still waiting after `checkout_notice_after` is
-    /// told so once with a NOTICE and keeps waiting (up to `checkout_timeout`). A free connection
-    /// costs no timer.
+    /// told so once with a NOTICE and keeps waiting (up to `checkout_timeout`). The pool keeps
+    /// one timer for all its waiters, so waiting costs no timer per client.
     async fn checkout_noticed(
         &self,
         stream: &mut Stream,
         pool: &Arc<Pool>,
     ) -> Result<PooledServer, ClientError> {
-        let notice_after = pool.settings().checkout_notice_after;
-        let mut checkout = std::pin::pin!(pool.checkout(self.worker));
-        if notice_after.is_zero() {
-            return Ok(checkout.await?);
-        }
-        tokio::select! {
-            biased;
-            server = checkout.as_mut() => return Ok(server?),
-            _ = std::future::ready(()) => {}
-        }
-        tokio::select! {
-            biased;
-            server = checkout.as_mut() => return Ok(server?),
-            _ = tokio::time::sleep(notice_after) => {}
-        }
-        let message = format!(
-            "waiting for a server connection in pool {} (all {} in use)",
-            pool.name(),
-            pool.settings().size
-        );
-        tracing::info!(peer = %self.peer, pool = %pool.name(), "client waiting for a server connection past checkout_notice_after");
-        let mut out = BytesMut::new();
-        backend::encode_notice(
-            &ErrorFields::new("NOTICE", sqlstate::WARNING, &message),
-            &mut out,
-        );
-        stream.write_all(&out).await.map_err(ClientError::Io)?;
-        Ok(checkout.await?)
+        let notice = move || async move {
+            let message = format!(
+                "waiting for a server connection in pool {} (all {} in use)",
+                pool.name(),
+                pool.settings().size
+            );
+            tracing::info!(peer = %self.peer, pool = %pool.name(), "client waiting for a server connection past checkout_notice_after");
+            let mut out = BytesMut::new();
+            backend::encode_notice(
+                &ErrorFields::new("NOTICE", sqlstate::WARNING, &message),
+                &mut out,
+            );
+            // A client gone meanwhile is noticed at its next read or write.
+            if let Err(e) = stream.write_all(&out).await {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot send the waiting notice");
+            }
+        };
+        Ok(pool.checkout_noticed(self.worker, Some(notice)).await?)
     }
 
     /// Routes the work at the front of `buf` and checks out a server connection on the chosen

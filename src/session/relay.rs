@@ -508,9 +508,11 @@ struct Relay<'a, 's, 'e> {
     /// Named prepared statements under transaction pooling (`None` in session pooling).
     exchange: Option<Exchange<'e>>,
     /// The client's entry: its stop flag (KILL, shutdown), and the waker slot that stop and the
-    /// proxy's drain wake. Registered at every poll (one atomic exchange, no lock): a wake-up
-    /// takes the waker out of the slot.
+    /// proxy's drain wake. Registered at the first poll and after each wake-up (which takes the
+    /// waker out of the slot), not at every poll.
     stop: &'s ClientEntry,
+    /// The entry's wake-up count when this relay last registered its waker.
+    stop_registered: Option<u32>,
     /// Session pooling: the flag set when the proxy starts draining (`None` once seen).
     drain: Option<&'s AtomicBool>,
     /// The timeouts' timer, when any is set.
@@ -522,7 +524,11 @@ impl Future for Relay<'_, '_, '_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let this = self.get_mut();
-        if this.stop.poll_stopped(cx).is_ready() {
+        if this
+            .stop
+            .poll_stopped_registered(cx, &mut this.stop_registered)
+            .is_ready()
+        {
             return Poll::Ready(RelayEnd::Shutdown);
         }
         if this.drain_started() {
@@ -659,6 +665,7 @@ pub async fn relay<'s>(
         policy,
         exchange,
         stop,
+        stop_registered: None,
         drain,
         deadlines,
     };
