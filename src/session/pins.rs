@@ -1,7 +1,9 @@
 //! Which simple-query SQL creates session state that transaction pooling cannot move between server
 //! connections, so the client must be pinned to its connection. Decided by the router's SQL
 //! classifier (a real lexer: keywords inside strings, comments and dollar quotes do not count).
-//! Fails closed: SQL the lexer cannot read pins. Settings (SET, RESET, set_config) do not pin:
+//! Fails closed: SQL the lexer cannot read pins, unless none of the words a session statement
+//! needs occurs in it (then it has no session effect however it is read, and is not lexed at
+//! all: the common case costs a byte scan). Settings (SET, RESET, set_config) do not pin:
 //! they are tracked and moved with the client; DEALLOCATE and DISCARD ALL act on the client's view.
 
 use crate::router::classify::{classify, ClassifierConfig, DiscardScope, SessionEffect};
@@ -21,6 +23,9 @@ pub struct QueryEffects {
 
 /// What `sql` does to session state.
 pub fn query_effects(sql: &str) -> QueryEffects {
+    if !may_touch_session(sql.as_bytes()) {
+        return QueryEffects::default();
+    }
     // Writing functions do not matter here; an empty list allocates nothing.
     let config = ClassifierConfig {
         writing_functions: Vec::new(),
@@ -54,6 +59,38 @@ pub fn query_effects(sql: &str) -> QueryEffects {
     effects
 }
 
+/// Words at least one of which (ignoring ASCII case) every statement or call with a session
+/// effect spells out: SET/RESET/set_config, LISTEN/UNLISTEN, PREPARE, DEALLOCATE, DISCARD,
+/// TEMP/TEMPORARY/pg_temp, WITH HOLD, the advisory lock functions, LOAD.
+const SESSION_WORDS: [&[u8]; 9] = [
+    b"set",
+    b"listen",
+    b"prepare",
+    b"dealloc",
+    b"discard",
+    b"temp",
+    b"hold",
+    b"advisory",
+    b"load",
+];
+
+/// False when `sql` cannot touch session state: none of [`SESSION_WORDS`] occurs in its bytes.
+/// Keywords and function names cannot be escaped into other bytes (only quoted identifiers
+/// take escapes, and those are never keywords), so whatever Postgres reads as such a statement
+/// contains one of the words literally, in any lexing. A few byte comparisons per query
+/// instead of the lexer for most application queries; a match only means "classify".
+fn may_touch_session(sql: &[u8]) -> bool {
+    sql.iter().enumerate().any(|(i, b)| {
+        let first = b.to_ascii_lowercase();
+        SESSION_WORDS.iter().any(|word| {
+            word[0] == first
+                && sql
+                    .get(i..i + word.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(word))
+        })
+    })
+}
+
 /// Why `sql` pins the client, or `None` if it creates no session state that pins.
 #[cfg(test)]
 fn pins_session(sql: &str) -> Option<&'static str> {
@@ -80,7 +117,42 @@ fn reason(effect: &SessionEffect) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{pins_session, query_effects, QueryEffects};
+    use super::{may_touch_session, pins_session, query_effects, QueryEffects};
+
+    #[test]
+    fn the_prefilter_passes_every_statement_with_an_effect() {
+        for sql in [
+            "LISTEN c",
+            "unlisten *",
+            "PREPARE p AS SELECT 1",
+            "DEALLOCATE p",
+            "discard all",
+            "CREATE TEMP TABLE t(x int)",
+            "create temporary table t(x int)",
+            "CREATE TABLE pg_temp.t(x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT \"pg_try_advisory_lock\"(1)",
+            "LOAD 'auto_explain'",
+            "SET x = 1",
+            "ReSeT ALL",
+            "SELECT set_config('a', 'b', false)",
+        ] {
+            assert!(may_touch_session(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;",
+            "UPDATE pgbench_branches SET bbalance = bbalance + 1 WHERE bid = 1",
+            "select 1",
+            "",
+        ] {
+            assert_eq!(query_effects(sql), QueryEffects::default(), "{sql}");
+        }
+        assert!(!may_touch_session(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 42"
+        ));
+        assert!(!may_touch_session("SELECT 'é'".as_bytes()));
+    }
 
     #[test]
     fn session_state_pins() {
