@@ -83,6 +83,11 @@ pub fn config(config: &Config) -> Table {
         limits.worker_threads.to_string(),
         false,
     );
+    rows.add(
+        "limits.balance_interval",
+        dur(limits.balance_interval),
+        true,
+    );
     rows.add("client_tls.mode", config.client_tls.mode.as_str(), true);
     rows.add(
         "client_tls.cert_file",

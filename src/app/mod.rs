@@ -3,6 +3,7 @@
 //! listeners bound to port 0. The HTTP endpoints (metrics, health, status) run beside it with
 //! [`App::bind_http`] and [`App::serve_http`].
 
+pub mod balance;
 mod reload;
 mod status;
 mod workers;
@@ -229,12 +230,16 @@ impl App {
         shutdown: CancellationToken,
     ) -> Result<(), AppError> {
         let sessions = TaskTracker::new();
-        let count = match self.shared.generation.load().config.limits.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
+        // Fixed at startup (restart-only), so the same as the placement's.
+        let count = self.shared.placement.len();
         let workers =
             Arc::new(Workers::start(count, &self.shared, &sessions).map_err(AppError::Workers)?);
+        let balancing = CancellationToken::new();
+        tokio::spawn(balance::run(
+            self.shared.clone(),
+            workers.tids.clone(),
+            balancing.clone(),
+        ));
         let accepting = TaskTracker::new();
         for listener in listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -248,6 +253,7 @@ impl App {
         self.lifecycle.draining.store(true, Ordering::Relaxed);
         self.shared.drain_started.store(true, Ordering::Release);
         self.shared.draining.cancel();
+        balancing.cancel();
         self.shared.registry.wake_all();
         accepting.wait().await;
         self.lifecycle.listening.store(false, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! Session workers: one thread per core, each running its own single-threaded tokio runtime, like
 //! one PgBouncer per core. A client's task and both directions of its relay stay on one thread, so
-//! forwarding a message never wakes another thread. Accepted sockets are handed out round robin.
+//! forwarding a message never wakes another thread. Accepted sockets go to the worker the
+//! balancer prefers (`app::balance`); clients it moves arrive here too, between transactions.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,7 +15,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::WorkerId;
-use crate::session::{self, Shared};
+use crate::session::{self, MovedClient, Shared};
 
 /// A socket accepted by a listener, on its way to a worker.
 struct Accepted {
@@ -28,11 +29,25 @@ struct Accepted {
 /// The worker threads and the channels that feed them.
 #[derive(Debug)]
 pub struct Workers {
-    intake: Vec<mpsc::UnboundedSender<Accepted>>,
+    intake: Arc<Vec<mpsc::UnboundedSender<Intake>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Thread ids of the workers, in order, once each has started (for the balancer).
+    pub tids: Arc<Vec<std::sync::OnceLock<u32>>>,
+    shared: Arc<Shared>,
+    /// Round robin, while balancing is off.
     next: AtomicUsize,
     stop: CancellationToken,
     sessions: TaskTracker,
+}
+
+/// What a worker is handed: a new connection, or a client moving in from another worker.
+enum Intake {
+    Accepted(Accepted),
+    Moved {
+        client: MovedClient,
+        /// Counts as a session while in the channel (like [`Accepted::_pending`]).
+        _pending: TaskTrackerToken,
+    },
 }
 
 impl std::fmt::Debug for Accepted {
@@ -49,10 +64,14 @@ impl Workers {
         sessions: &TaskTracker,
     ) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
-        let mut intake = Vec::new();
+        let count = count.max(1);
+        let (intake, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let intake = Arc::new(intake);
+        let tids: Arc<Vec<_>> = Arc::new((0..count).map(|_| std::sync::OnceLock::new()).collect());
+        install_hand_off(shared, &intake, sessions);
         let mut threads = Vec::new();
-        for index in 0..count.max(1) {
-            let (tx, rx) = mpsc::unbounded_channel();
+        for (index, rx) in receivers.into_iter().enumerate() {
             // Sessions need sockets and timers only; no signal or process driver on the hot loop.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
@@ -64,22 +83,30 @@ impl Workers {
                 sessions: sessions.clone(),
                 stop: stop.clone(),
             };
+            let tids = tids.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("pgsluice-worker-{index}"))
-                .spawn(move || runtime.block_on(worker.run(rx)))?;
-            intake.push(tx);
+                .spawn(move || {
+                    if let Some(tid) = super::balance::current_tid() {
+                        let _ = tids[index].set(tid);
+                    }
+                    runtime.block_on(worker.run(rx))
+                })?;
             threads.push(thread);
         }
         Ok(Workers {
             intake,
             threads,
+            tids,
+            shared: shared.clone(),
             next: AtomicUsize::new(0),
             stop,
             sessions: sessions.clone(),
         })
     }
 
-    /// Hands an accepted socket to the next worker.
+    /// Hands an accepted socket to the worker the balancer prefers for new clients (round robin
+    /// while `limits.balance_interval` is 0).
     pub fn dispatch(&self, socket: TcpStream, peer: SocketAddr) {
         let socket = match socket.into_std() {
             Ok(socket) => socket,
@@ -88,20 +115,30 @@ impl Workers {
                 return;
             }
         };
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.intake.len();
+        let balancing = !self
+            .shared
+            .generation
+            .load()
+            .config
+            .limits
+            .balance_interval
+            .is_zero();
+        let index = match balancing {
+            true => self.shared.placement.preferred().0,
+            false => self.next.fetch_add(1, Ordering::Relaxed),
+        } % self.intake.len();
         let accepted = Accepted {
             socket,
             peer,
             _pending: self.sessions.token(),
         };
-        if self.intake[index].send(accepted).is_err() {
+        if self.intake[index].send(Intake::Accepted(accepted)).is_err() {
             tracing::warn!(%peer, "worker is gone; dropping connection");
         }
     }
 
     /// Stops the workers once their sessions are done (or abandoned) and waits for the threads.
     pub async fn stop(self, grace: Duration) {
-        drop(self.intake);
         self.stop.cancel();
         let threads = self.threads;
         let join = tokio::task::spawn_blocking(move || {
@@ -122,19 +159,23 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, mut intake: mpsc::UnboundedReceiver<Accepted>) {
+    async fn run(self, mut intake: mpsc::UnboundedReceiver<Intake>) {
         loop {
-            let accepted = tokio::select! {
+            let received = tokio::select! {
                 _ = self.stop.cancelled() => return,
-                accepted = intake.recv() => accepted,
+                received = intake.recv() => received,
             };
-            let Some(Accepted {
-                socket,
-                peer,
-                _pending,
-            }) = accepted
-            else {
-                break;
+            let (socket, peer) = match received {
+                None => break,
+                Some(Intake::Moved { client, _pending }) => {
+                    self.sessions.spawn(client.resume());
+                    continue;
+                }
+                Some(Intake::Accepted(Accepted {
+                    socket,
+                    peer,
+                    _pending,
+                })) => (socket, peer),
             };
             match TcpStream::from_std(socket) {
                 Ok(tcp) => {
@@ -151,4 +192,33 @@ impl Worker {
         // Intake closed: keep the runtime alive for the sessions until told to stop.
         self.stop.cancelled().await;
     }
+}
+
+/// Lets clients that take a move reach their target worker through its intake, counted as a
+/// session on the way.
+fn install_hand_off(
+    shared: &Arc<Shared>,
+    intake: &Arc<Vec<mpsc::UnboundedSender<Intake>>>,
+    sessions: &TaskTracker,
+) {
+    let intake = Arc::downgrade(intake);
+    let sessions = sessions.clone();
+    shared
+        .placement
+        .set_hand_off(Box::new(move |client: MovedClient| {
+            let Some(intake) = intake.upgrade() else {
+                return Err(client);
+            };
+            let Some(sender) = intake.get(client.target().0) else {
+                return Err(client);
+            };
+            let moving = Intake::Moved {
+                client,
+                _pending: sessions.token(),
+            };
+            sender.send(moving).map_err(|e| match e.0 {
+                Intake::Moved { client, .. } => client,
+                Intake::Accepted(_) => unreachable!("only moved clients are sent here"),
+            })
+        }));
 }

@@ -188,6 +188,22 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// Runtime worker threads; 0 = number of CPUs. Needs a restart to change.
     pub worker_threads: usize,
+    /// How often the worker threads' CPU use is compared to place clients: new clients go to
+    /// the first worker that is not busy, and clients move between workers (between
+    /// transactions) to pack light load onto few threads or spread heavy load. 0 = off: new
+    /// clients go round robin and never move.
+    #[serde(with = "duration")]
+    pub balance_interval: Duration,
+}
+
+impl Limits {
+    /// The number of session worker threads `worker_threads` stands for (0: one per CPU).
+    pub fn worker_count(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -198,6 +214,7 @@ impl Default for Limits {
             startup_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: 0,
+            balance_interval: Duration::from_secs(1),
         }
     }
 }

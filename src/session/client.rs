@@ -104,6 +104,9 @@ impl ClientState {
 pub(super) enum Served {
     Ended(RelayEnd),
     Pooled(Box<Greeted>),
+    /// A session-pooled client leaving for another worker at an idle point, with its server
+    /// connection and the client bytes already read.
+    Moved(WorkerId, PooledServer, BytesMut),
 }
 
 /// What one step of a transaction-pooled client led to.
@@ -224,10 +227,7 @@ impl<'a> Session<'a> {
         // idle client then holds only the idle loop's state.
         let greeted = self.greet(stream, startup, buf, started).await?;
         match greeted.pool.settings().mode {
-            PoolMode::Session => self
-                .session_pooled(stream, greeted)
-                .await
-                .map(Served::Ended),
+            PoolMode::Session => self.session_pooled(stream, greeted).await,
             PoolMode::Transaction => Ok(Served::Pooled(Box::new(greeted))),
         }
     }
@@ -238,14 +238,14 @@ impl<'a> Session<'a> {
         &self,
         stream: &mut Stream,
         greeted: Greeted,
-    ) -> Result<RelayEnd, ClientError> {
+    ) -> Result<Served, ClientError> {
         let Greeted {
             pool,
             server,
             settings,
             buf,
         } = greeted;
-        let mut server = match server {
+        let server = match server {
             Some(server) => server,
             None => {
                 // Greeted without a connection: take one when the client sends its first
@@ -258,15 +258,42 @@ impl<'a> Session<'a> {
                 checkout.await?
             }
         };
-        let drain = Some(&self.shared.drain_started);
-        let relay = Box::pin(self.relay(stream, buf, &mut server, None, drain));
-        let (end, _) = relay.await;
+        self.session_relays(stream, buf, server).await
+    }
+
+    /// Relays a session-pooled client's session on `server` until it ends (then releases the
+    /// connection with the reset), or until, at an idle point, it takes a move to another worker
+    /// that the balancer asked of this one (then hands everything back to move).
+    pub async fn session_relays(
+        &self,
+        stream: &mut Stream,
+        mut buf: BytesMut,
+        mut server: PooledServer,
+    ) -> Result<Served, ClientError> {
+        let placement = &self.shared.placement;
+        let end = loop {
+            let exit = relay::IdleExit {
+                draining: &self.shared.drain_started,
+                moving: placement.moving_flag(self.worker),
+            };
+            let relay = Box::pin(self.relay(stream, buf, &mut server, None, Some(exit)));
+            let (end, rest) = relay.await;
+            let draining = self.shared.drain_started.load(Ordering::Acquire);
+            if !matches!(end, Ok(RelayEnd::TransactionDone)) || draining {
+                break end;
+            }
+            if let Some(target) = placement.claim_move(self.worker) {
+                return Ok(Served::Moved(target, server, rest));
+            }
+            // Another client took the last move asked for: go on here.
+            buf = rest;
+        };
         let release = Box::pin(server.release(true));
         release.await;
         match end {
             // Session pooling ends at an idle point only when the proxy drains.
             Ok(RelayEnd::TransactionDone) => Err(ClientError::ShuttingDown),
-            other => other,
+            other => other.map(Served::Ended),
         }
     }
 
@@ -768,7 +795,7 @@ impl<'a> Session<'a> {
         buf: BytesMut,
         server: &mut PooledServer,
         mut state: Option<&mut ClientState>,
-        drain: Option<&'a std::sync::atomic::AtomicBool>,
+        drain: Option<relay::IdleExit<'a>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
         let target = CancelTarget {
             pool: server.pool().clone(),

@@ -13,6 +13,7 @@ mod flight;
 pub mod limits;
 pub mod params;
 mod pins;
+pub mod placement;
 pub mod relay;
 mod retry;
 mod routing;
@@ -28,7 +29,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ClientError;
-pub use task::run_client;
+pub use task::{run_client, MovedClient};
 
 use crate::admin::{ClientRegistry, Control};
 use crate::config::{Config, NodeRole};
@@ -237,11 +238,15 @@ pub struct Shared {
     pub registry: ClientRegistry,
     /// Requests from the admin console to the app (reload, shutdown).
     pub control: Control,
+    /// Which worker thread serves which client, and the moves the app's balancer asks for.
+    pub placement: placement::Placement,
 }
 
 impl Shared {
     pub fn new(generation: Generation) -> Shared {
+        let workers = generation.config.limits.worker_count();
         Shared {
+            placement: placement::Placement::new(workers),
             generation: ArcSwap::from_pointee(generation),
             cancels: CancelRegistry::default(),
             clients: AtomicUsize::new(0),

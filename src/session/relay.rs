@@ -513,8 +513,8 @@ struct Relay<'a, 's, 'e> {
     stop: &'s ClientEntry,
     /// The entry's wake-up count when this relay last registered its waker.
     stop_registered: Option<u32>,
-    /// Session pooling: the flag set when the proxy starts draining (`None` once seen).
-    drain: Option<&'s AtomicBool>,
+    /// Session pooling: the flags that end the relay at the next idle point (`None` once seen).
+    drain: Option<IdleExit<'s>>,
     /// The timeouts' timer, when any is set.
     deadlines: Option<Deadlines>,
 }
@@ -571,10 +571,10 @@ impl Relay<'_, '_, '_> {
     /// (then the relay ends now); later idle points end it in `scan`. A client that connected
     /// during the drain runs until its first transaction ends.
     fn drain_started(&mut self) -> bool {
-        let Some(started) = self.drain else {
+        let Some(exit) = self.drain else {
             return false;
         };
-        if !started.load(Ordering::Acquire) {
+        if !exit.raised() {
             return false;
         }
         self.drain = None;
@@ -615,6 +615,22 @@ impl Relay<'_, '_, '_> {
     }
 }
 
+/// Session pooling: what ends a session's relay at the client's next idle point (so no
+/// transaction is cut): the proxy draining, or the client's worker asked to hand clients to
+/// another (see [`super::placement::Placement`]).
+#[derive(Clone, Copy, Debug)]
+pub struct IdleExit<'s> {
+    pub draining: &'s AtomicBool,
+    pub moving: Option<&'s AtomicBool>,
+}
+
+impl IdleExit<'_> {
+    fn raised(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+            || self.moving.is_some_and(|m| m.load(Ordering::Acquire))
+    }
+}
+
 /// Relays until either side ends or the client's entry `stop`s (KILL, shutdown). `client_buf` holds client
 /// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
 /// statements (transaction pooling). `timeouts` are enforced while relaying. With `drain`, the
@@ -631,10 +647,10 @@ pub async fn relay<'s>(
     exchange: Option<Exchange<'_>>,
     metrics: RelayMetrics<'_>,
     stop: &'s ClientEntry,
-    drain: Option<&'s AtomicBool>,
+    drain: Option<IdleExit<'s>>,
     timeouts: Timeouts,
 ) -> RelayOutcome {
-    let draining = drain.is_some_and(|started| started.load(Ordering::Acquire));
+    let draining = drain.is_some_and(|exit| exit.raised());
     let deadlines = Deadlines::new(timeouts);
     let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
     if policy.retry_read_only {

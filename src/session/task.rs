@@ -20,7 +20,7 @@ use super::{startup, ClientError, Generation, Shared};
 use crate::admin::ClientEntry;
 use crate::metrics::{DatabaseMetrics, GlobalMetrics};
 use crate::net::{Stream, WorkerId};
-use crate::pool::Pool;
+use crate::pool::{Pool, PooledServer};
 use crate::protocol::backend;
 
 /// A timer for `timeout`, or none when it is zero. Boxed: an idle client without a timeout
@@ -106,8 +106,10 @@ pub(super) struct Client {
     close_when_drained: bool,
 }
 
-/// Serves one accepted client connection until it ends, on the runtime of `worker`. Never panics on
-/// client input; every failure the client can be told about is sent as an ErrorResponse with a
+/// Serves one accepted client connection on the runtime of `worker` until it ends, or until it
+/// leaves for another worker at an idle point (the balancer asked, see
+/// [`super::placement::Placement`]), handed over to be resumed there. Never panics on client
+/// input; every failure the client can be told about is sent as an ErrorResponse with a
 /// SQLSTATE before closing.
 pub fn run_client(
     shared: Arc<Shared>,
@@ -115,16 +117,219 @@ pub fn run_client(
     peer: SocketAddr,
     worker: WorkerId,
 ) -> impl Future<Output = ()> + Send + 'static {
+    let placed = Placed::new(shared.clone(), worker);
     // The arguments go into the box at once: an async fn would keep room for them for good.
-    let start = Box::pin(start(shared, tcp, peer, worker));
+    let start = Box::pin(start(shared, tcp, peer, placed));
+    // The client is served inline (not through `Client::serve`): the task's future then holds
+    // one `Client`, not two.
+    // (A match on `start.await` in here would keep the matched value, a second `Client`,
+    // across the awaits below.)
     async move {
-        let Some(mut client) = start.await else {
+        let Some(mut client) = Started::serve_here(start.await) else {
             return;
         };
-        let end = client.transactions().await;
+        let end = match client.transactions().await {
+            Exit::Move(target) => return MovedClient::transactions(target, client).hand_over(),
+            Exit::Ended(end) => end,
+        };
         let finish = Box::pin(client.finish(end));
         finish.await;
     }
+}
+
+/// Counts a client on its worker in the placement until dropped; moves with the client.
+struct Placed {
+    shared: Arc<Shared>,
+    worker: WorkerId,
+    counted: bool,
+}
+
+impl Placed {
+    fn new(shared: Arc<Shared>, worker: WorkerId) -> Placed {
+        shared.placement.joined(worker);
+        Placed {
+            shared,
+            worker,
+            counted: true,
+        }
+    }
+
+    /// The client now runs on `worker`.
+    fn move_to(&mut self, worker: WorkerId) {
+        self.shared.placement.left(self.worker);
+        self.shared.placement.joined(worker);
+        self.worker = worker;
+    }
+
+    /// Stops counting here: the transaction-pooled [`Client`] counts itself (it knows its
+    /// worker, and an idle client's task keeps no more than it must).
+    fn into_client(mut self) {
+        self.counted = false;
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        if self.counted {
+            self.shared.placement.left(self.worker);
+        }
+    }
+}
+
+/// A client on its way from one worker thread to another, with everything it holds: its socket
+/// (re-registered on arrival) and, if session-pooled, its server connection.
+pub struct MovedClient {
+    target: WorkerId,
+    client: Moving,
+}
+
+enum Moving {
+    Transactions(Box<Client>),
+    Session(Box<SessionClient>),
+}
+
+impl MovedClient {
+    /// The worker it goes to.
+    pub fn target(&self) -> WorkerId {
+        self.target
+    }
+
+    /// Serves the client on the runtime this runs on (the target's) until it ends, or moves
+    /// again (then hands itself over once more).
+    pub fn resume(self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let target = self.target;
+        match self.client {
+            Moving::Transactions(client) => Box::pin(async move {
+                let mut client = *client;
+                let placement = &client.tenancy.shared.placement;
+                placement.left(client.worker);
+                placement.joined(target);
+                client.worker = target;
+                if let Err(e) = client.stream.rebind() {
+                    client.finish(Err(ClientError::Io(e))).await;
+                    return;
+                }
+                if let Some(moved) = client.serve().await {
+                    moved.hand_over();
+                }
+            }),
+            Moving::Session(session) => Box::pin(async move {
+                if let Some(moved) = session.resume(target).await {
+                    moved.hand_over();
+                }
+            }),
+        }
+    }
+
+    /// Sends the client to its target worker (through the app's hand-off); if there is none,
+    /// the client is closed.
+    fn hand_over(self) {
+        let shared = match &self.client {
+            Moving::Transactions(client) => client.tenancy.shared.clone(),
+            Moving::Session(session) => session.tenancy.shared.clone(),
+        };
+        if let Err(moved) = shared.placement.hand_over(self) {
+            tracing::warn!(target = ?moved.target, "no worker takes moved clients; closing one");
+        }
+    }
+
+    fn transactions(target: WorkerId, client: Client) -> Self {
+        MovedClient {
+            target,
+            client: Moving::Transactions(Box::new(client)),
+        }
+    }
+
+    fn session(target: WorkerId, session: SessionClient) -> Self {
+        MovedClient {
+            target,
+            client: Moving::Session(Box::new(session)),
+        }
+    }
+}
+
+/// A session-pooled client between two relays of its session, moving to another worker.
+struct SessionClient {
+    tenancy: Tenancy,
+    placed: Placed,
+    /// Holds the client's entry (left on drop).
+    registration: Registration,
+    stream: Stream,
+    server: PooledServer,
+    /// Client bytes already read, not yet forwarded.
+    buf: BytesMut,
+}
+
+impl SessionClient {
+    /// Re-registers both sockets with the runtime of `target` (the one this runs on) and serves
+    /// the rest of the session there, until it ends or moves again.
+    async fn resume(self: Box<Self>, target: WorkerId) -> Option<MovedClient> {
+        let SessionClient {
+            tenancy,
+            mut placed,
+            registration,
+            mut stream,
+            mut server,
+            buf,
+        } = *self;
+        placed.move_to(target);
+        let entry = registration.entry.clone()?;
+        if let Err(e) = stream.rebind().and_then(|()| server.conn().move_to(target)) {
+            finish(&tenancy, &entry, &mut stream, Err(ClientError::Io(e))).await;
+            return None;
+        }
+        let served = {
+            let generation = tenancy.generation.clone();
+            let session = Session::new(&tenancy.shared, &generation, &entry, target);
+            let relays = Box::pin(session.session_relays(&mut stream, buf, server));
+            relays.await
+        };
+        let end = match served {
+            Ok(Served::Moved(next, server, buf)) => {
+                let session = SessionClient {
+                    tenancy,
+                    placed,
+                    registration,
+                    stream,
+                    server,
+                    buf,
+                };
+                return Some(MovedClient::session(next, session));
+            }
+            Ok(Served::Ended(end)) => Ok(end),
+            Ok(Served::Pooled(_)) => Ok(super::relay::RelayEnd::ClientGone),
+            Err(e) => Err(e),
+        };
+        finish(&tenancy, &entry, &mut stream, end).await;
+        None
+    }
+}
+
+/// How a client's start ended when it did not end the session.
+enum Started {
+    /// A transaction-pooled client, ready for its first transaction.
+    Transactions(Client),
+    /// A session-pooled client leaving for another worker.
+    Moved(MovedClient),
+}
+
+impl Started {
+    /// The transaction-pooled client to serve here, if any; a moving one is handed over.
+    fn serve_here(started: Option<Started>) -> Option<Client> {
+        match started? {
+            Started::Transactions(client) => Some(client),
+            Started::Moved(moved) => {
+                moved.hand_over();
+                None
+            }
+        }
+    }
+}
+
+/// Why a transaction-pooled client stopped serving on this worker.
+enum Exit {
+    Ended(Result<super::relay::RelayEnd, ClientError>),
+    Move(WorkerId),
 }
 
 /// Startup, login and greeting; serves session-pooled and console clients to their end. Returns
@@ -133,8 +338,9 @@ async fn start(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    worker: WorkerId,
-) -> Option<Client> {
+    placed: Placed,
+) -> Option<Started> {
+    let worker = placed.worker;
     let (mut tenancy, connected) = Tenancy::new(shared);
     let started = Instant::now();
     let generation = tenancy.generation.clone();
@@ -186,6 +392,17 @@ async fn start(
     };
     let greeted = match served {
         Ok(Served::Pooled(greeted)) => greeted,
+        Ok(Served::Moved(target, server, buf)) => {
+            let session = SessionClient {
+                tenancy,
+                placed,
+                registration,
+                stream,
+                server,
+                buf,
+            };
+            return Some(Started::Moved(MovedClient::session(target, session)));
+        }
         Ok(Served::Ended(end)) => {
             finish(&tenancy, &entry, &mut stream, Ok(end)).await;
             return None;
@@ -206,7 +423,8 @@ async fn start(
     }
     let routing = ClientRouting::new(&generation, entry.database(), entry.user()).map(Box::new);
     registration.entry = None;
-    Some(Client {
+    placed.into_client();
+    Some(Started::Transactions(Client {
         close_when_drained: !tenancy.shared.drain_started.load(Ordering::Acquire),
         tenancy,
         entry,
@@ -217,12 +435,13 @@ async fn start(
         state: ClientState::with_settings(settings),
         routing,
         retrying: false,
-    })
+    }))
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         leave(&self.tenancy.shared, &self.entry);
+        self.tenancy.shared.placement.left(self.worker);
     }
 }
 
@@ -230,21 +449,39 @@ impl Client {
     /// Transaction pooling: waits for the client's next message without a server connection or a
     /// read buffer, then handles it in a boxed step (a transaction, or what needs no server);
     /// repeats until the client leaves.
-    async fn transactions(&mut self) -> Result<super::relay::RelayEnd, ClientError> {
+    async fn transactions(&mut self) -> Exit {
         loop {
             if self.buf.is_empty() {
                 if self.close_when_drained
                     && self.tenancy.shared.drain_started.load(Ordering::Acquire)
                 {
-                    return Err(ClientError::ShuttingDown);
+                    return Exit::Ended(Err(ClientError::ShuttingDown));
+                }
+                if let Some(target) = self.tenancy.shared.placement.claim_move(self.worker) {
+                    return Exit::Move(target);
                 }
                 self.buf = BytesMut::new();
                 let mut timer = idle_timer(self.pool.settings().client_idle_timeout);
-                self.wait_idle(&mut timer).await?;
+                if let Err(e) = self.wait_idle(&mut timer).await {
+                    return Exit::Ended(Err(e));
+                }
             }
             let step = Box::pin(self.step());
             if let Step::End(end) = step.await {
-                return end;
+                return Exit::Ended(end);
+            }
+        }
+    }
+
+    /// Serves transactions until the client leaves (then says why) or takes a move to another
+    /// worker (then returns itself to move).
+    async fn serve(mut self) -> Option<MovedClient> {
+        match self.transactions().await {
+            Exit::Move(target) => Some(MovedClient::transactions(target, self)),
+            Exit::Ended(end) => {
+                let finish = Box::pin(self.finish(end));
+                finish.await;
+                None
             }
         }
     }
