@@ -11,6 +11,7 @@ mod error;
 pub mod exchange;
 mod flight;
 pub mod limits;
+mod moving;
 pub mod params;
 mod pins;
 pub mod placement;
@@ -29,7 +30,8 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ClientError;
-pub use task::{run_client, MovedClient};
+pub use moving::MovedClient;
+pub use task::run_client;
 
 use crate::admin::{ClientRegistry, Control};
 use crate::config::{Config, NodeRole};

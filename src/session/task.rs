@@ -15,12 +15,13 @@ use tokio::net::TcpStream;
 
 use super::client::{poll_idle, ClientState, Greeted, Served, Session, Step};
 use super::limits::ClientLimitGuard;
+use super::moving::{MovedClient, Placed, SessionClient};
 use super::routing::ClientRouting;
 use super::{startup, ClientError, Generation, Shared};
 use crate::admin::ClientEntry;
 use crate::metrics::{DatabaseMetrics, GlobalMetrics};
 use crate::net::{Stream, WorkerId};
-use crate::pool::{Pool, PooledServer};
+use crate::pool::Pool;
 use crate::protocol::backend;
 
 /// A timer for `timeout`, or none when it is zero. Boxed: an idle client without a timeout
@@ -74,9 +75,9 @@ fn leave(shared: &Shared, entry: &ClientEntry) {
 
 /// A client in the admin and cancel registries until dropped, or until [`Client`] takes the entry
 /// over.
-struct Registration {
-    shared: Arc<Shared>,
-    entry: Option<Arc<ClientEntry>>,
+pub(super) struct Registration {
+    pub shared: Arc<Shared>,
+    pub entry: Option<Arc<ClientEntry>>,
 }
 
 impl Drop for Registration {
@@ -89,10 +90,10 @@ impl Drop for Registration {
 
 /// A transaction-pooled client between transactions: everything it keeps while idle.
 pub(super) struct Client {
-    tenancy: Tenancy,
+    pub(super) tenancy: Tenancy,
     entry: Arc<ClientEntry>,
-    worker: WorkerId,
-    stream: Stream,
+    pub(super) worker: WorkerId,
+    pub(super) stream: Stream,
     /// The primary's pool (routing may pick another per transaction).
     pool: Arc<Pool>,
     /// Client bytes read but not yet handled (no allocation while idle).
@@ -120,10 +121,9 @@ pub fn run_client(
     let placed = Placed::new(shared.clone(), worker);
     // The arguments go into the box at once: an async fn would keep room for them for good.
     let start = Box::pin(start(shared, tcp, peer, placed));
-    // The client is served inline (not through `Client::serve`): the task's future then holds
-    // one `Client`, not two.
-    // (A match on `start.await` in here would keep the matched value, a second `Client`,
-    // across the awaits below.)
+    // The client is served inline (not through `Client::serve`), and `start.await` is not
+    // matched in here (the matched value would be kept across the awaits below): the task's
+    // future then holds one `Client`, not two.
     async move {
         let Some(mut client) = Started::serve_here(start.await) else {
             return;
@@ -134,174 +134,6 @@ pub fn run_client(
         };
         let finish = Box::pin(client.finish(end));
         finish.await;
-    }
-}
-
-/// Counts a client on its worker in the placement until dropped; moves with the client.
-struct Placed {
-    shared: Arc<Shared>,
-    worker: WorkerId,
-    counted: bool,
-}
-
-impl Placed {
-    fn new(shared: Arc<Shared>, worker: WorkerId) -> Placed {
-        shared.placement.joined(worker);
-        Placed {
-            shared,
-            worker,
-            counted: true,
-        }
-    }
-
-    /// The client now runs on `worker`.
-    fn move_to(&mut self, worker: WorkerId) {
-        self.shared.placement.left(self.worker);
-        self.shared.placement.joined(worker);
-        self.worker = worker;
-    }
-
-    /// Stops counting here: the transaction-pooled [`Client`] counts itself (it knows its
-    /// worker, and an idle client's task keeps no more than it must).
-    fn into_client(mut self) {
-        self.counted = false;
-    }
-}
-
-impl Drop for Placed {
-    fn drop(&mut self) {
-        if self.counted {
-            self.shared.placement.left(self.worker);
-        }
-    }
-}
-
-/// A client on its way from one worker thread to another, with everything it holds: its socket
-/// (re-registered on arrival) and, if session-pooled, its server connection.
-pub struct MovedClient {
-    target: WorkerId,
-    client: Moving,
-}
-
-enum Moving {
-    Transactions(Box<Client>),
-    Session(Box<SessionClient>),
-}
-
-impl MovedClient {
-    /// The worker it goes to.
-    pub fn target(&self) -> WorkerId {
-        self.target
-    }
-
-    /// Serves the client on the runtime this runs on (the target's) until it ends, or moves
-    /// again (then hands itself over once more).
-    pub fn resume(self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        let target = self.target;
-        match self.client {
-            Moving::Transactions(client) => Box::pin(async move {
-                let mut client = *client;
-                let placement = &client.tenancy.shared.placement;
-                placement.left(client.worker);
-                placement.joined(target);
-                client.worker = target;
-                if let Err(e) = client.stream.rebind() {
-                    client.finish(Err(ClientError::Io(e))).await;
-                    return;
-                }
-                if let Some(moved) = client.serve().await {
-                    moved.hand_over();
-                }
-            }),
-            Moving::Session(session) => Box::pin(async move {
-                if let Some(moved) = session.resume(target).await {
-                    moved.hand_over();
-                }
-            }),
-        }
-    }
-
-    /// Sends the client to its target worker (through the app's hand-off); if there is none,
-    /// the client is closed.
-    fn hand_over(self) {
-        let shared = match &self.client {
-            Moving::Transactions(client) => client.tenancy.shared.clone(),
-            Moving::Session(session) => session.tenancy.shared.clone(),
-        };
-        if let Err(moved) = shared.placement.hand_over(self) {
-            tracing::warn!(target = ?moved.target, "no worker takes moved clients; closing one");
-        }
-    }
-
-    fn transactions(target: WorkerId, client: Client) -> Self {
-        MovedClient {
-            target,
-            client: Moving::Transactions(Box::new(client)),
-        }
-    }
-
-    fn session(target: WorkerId, session: SessionClient) -> Self {
-        MovedClient {
-            target,
-            client: Moving::Session(Box::new(session)),
-        }
-    }
-}
-
-/// A session-pooled client between two relays of its session, moving to another worker.
-struct SessionClient {
-    tenancy: Tenancy,
-    placed: Placed,
-    /// Holds the client's entry (left on drop).
-    registration: Registration,
-    stream: Stream,
-    server: PooledServer,
-    /// Client bytes already read, not yet forwarded.
-    buf: BytesMut,
-}
-
-impl SessionClient {
-    /// Re-registers both sockets with the runtime of `target` (the one this runs on) and serves
-    /// the rest of the session there, until it ends or moves again.
-    async fn resume(self: Box<Self>, target: WorkerId) -> Option<MovedClient> {
-        let SessionClient {
-            tenancy,
-            mut placed,
-            registration,
-            mut stream,
-            mut server,
-            buf,
-        } = *self;
-        placed.move_to(target);
-        let entry = registration.entry.clone()?;
-        if let Err(e) = stream.rebind().and_then(|()| server.conn().move_to(target)) {
-            finish(&tenancy, &entry, &mut stream, Err(ClientError::Io(e))).await;
-            return None;
-        }
-        let served = {
-            let generation = tenancy.generation.clone();
-            let session = Session::new(&tenancy.shared, &generation, &entry, target);
-            let relays = Box::pin(session.session_relays(&mut stream, buf, server));
-            relays.await
-        };
-        let end = match served {
-            Ok(Served::Moved(next, server, buf)) => {
-                let session = SessionClient {
-                    tenancy,
-                    placed,
-                    registration,
-                    stream,
-                    server,
-                    buf,
-                };
-                return Some(MovedClient::session(next, session));
-            }
-            Ok(Served::Ended(end)) => Ok(end),
-            Ok(Served::Pooled(_)) => Ok(super::relay::RelayEnd::ClientGone),
-            Err(e) => Err(e),
-        };
-        finish(&tenancy, &entry, &mut stream, end).await;
-        None
     }
 }
 
@@ -475,7 +307,7 @@ impl Client {
 
     /// Serves transactions until the client leaves (then says why) or takes a move to another
     /// worker (then returns itself to move).
-    async fn serve(mut self) -> Option<MovedClient> {
+    pub(super) async fn serve(mut self) -> Option<MovedClient> {
         match self.transactions().await {
             Exit::Move(target) => Some(MovedClient::transactions(target, self)),
             Exit::Ended(end) => {
@@ -533,7 +365,7 @@ impl Client {
     }
 
     /// Logs the end of the session and tells the client why, if it can be told.
-    async fn finish(mut self, end: Result<super::relay::RelayEnd, ClientError>) {
+    pub(super) async fn finish(mut self, end: Result<super::relay::RelayEnd, ClientError>) {
         finish(&self.tenancy, &self.entry, &mut self.stream, end).await;
     }
 }
@@ -555,7 +387,7 @@ fn admit(
 
 /// Logs how the session ended; on an error, counts it and sends it to the client if it can be
 /// told, then closes gracefully.
-async fn finish(
+pub(super) async fn finish(
     tenancy: &Tenancy,
     entry: &ClientEntry,
     stream: &mut Stream,
