@@ -173,3 +173,52 @@ async fn a_light_load_is_packed_onto_one_worker() {
     let _ = std::fs::remove_dir_all(&dir);
     proxy.stop().await;
 }
+
+/// Every client asked to move to the other worker every 20 ms while pgbench runs, in both pool
+/// modes: no failed transaction, and clients did move (hundreds of times).
+#[tokio::test]
+async fn clients_moved_back_and_forth_under_pgbench_see_no_error() {
+    for (mode, protocol) in [("transaction", "prepared"), ("session", "extended")] {
+        let proxy = start_proxy(&yaml(&format!("mode: {mode}, size: 10"), "0")).await;
+        let port = proxy.addr.port();
+        common::pgbench_init(port).await;
+        let shared = proxy.app.shared().clone();
+        let mover = tokio::spawn(async move {
+            // Everyone to the other worker, every 20 ms, for 3.5 s.
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(3500) {
+                for (from, to) in [(0, 1), (1, 0)] {
+                    shared
+                        .placement
+                        .request_moves(WorkerId(from), WorkerId(to), 20);
+                    shared
+                        .placement
+                        .request_moves(WorkerId(to), WorkerId(to), 0);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            shared.placement.moves()
+        });
+        let out = common::pgbench(
+            port,
+            &["-c", "20", "-j", "2", "-T", "4", "-M", protocol, "sluice"],
+        )
+        .output()
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("number of failed transactions: 0"),
+            "{mode}: {stdout}"
+        );
+        let moves = mover.await.unwrap();
+        eprintln!("{mode}: {moves} moves");
+        assert!(moves >= 100, "{mode}: only {moves} moves");
+        proxy.stop().await;
+    }
+}

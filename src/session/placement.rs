@@ -2,7 +2,7 @@
 //! new clients go to, and the moves the app's balancer asks for, claimed by clients at their
 //! idle points (between transactions). Lock-free: a client's idle point costs one load.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::MovedClient;
@@ -29,6 +29,8 @@ pub struct Placement {
     workers: Box<[WorkerPlace]>,
     preferred: AtomicUsize,
     hand_off: OnceLock<HandOff>,
+    /// Moves taken so far.
+    moves: AtomicU64,
 }
 
 impl std::fmt::Debug for Placement {
@@ -49,6 +51,7 @@ impl Placement {
                 .collect(),
             preferred: AtomicUsize::new(0),
             hand_off: OnceLock::new(),
+            moves: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +109,11 @@ impl Placement {
         }
     }
 
+    /// Moves clients have taken since start.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Relaxed)
+    }
+
     /// Clients running on `worker`.
     pub fn clients(&self, worker: WorkerId) -> usize {
         self.place(worker)
@@ -147,6 +155,9 @@ impl Placement {
             Ok(1) | Err(_) => place.moving.store(false, Ordering::Release),
             Ok(_) => {}
         }
+        if claimed.is_ok() {
+            self.moves.fetch_add(1, Ordering::Relaxed);
+        }
         claimed
             .ok()
             .map(|_| WorkerId(place.move_to.load(Ordering::Relaxed)))
@@ -184,6 +195,7 @@ mod tests {
             .moving_flag(WorkerId(0))
             .unwrap()
             .load(Ordering::Relaxed));
+        assert_eq!(placement.moves(), 2);
     }
 
     #[test]
