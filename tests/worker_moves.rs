@@ -18,12 +18,26 @@ fn yaml(pool: &str, balance: &str) -> String {
     )
 }
 
-/// The worker holding the only client.
-fn worker_of_only_client(proxy: &common::Proxy) -> usize {
+/// Asks the proxy's only client to move to the other worker, runs one query so it reaches an
+/// idle point, and waits until it has moved. Returns `(from, to)`.
+async fn move_only_client(
+    proxy: &common::Proxy,
+    client: &tokio_postgres::Client,
+) -> (usize, usize) {
     let placement = &proxy.app.shared().placement;
     let counts: Vec<usize> = (0..2).map(|w| placement.clients(WorkerId(w))).collect();
     assert_eq!(counts.iter().sum::<usize>(), 1, "{counts:?}");
-    counts.iter().position(|&c| c == 1).unwrap()
+    let from = counts.iter().position(|&c| c == 1).unwrap();
+    let to = 1 - from;
+    placement.request_moves(WorkerId(from), WorkerId(to), 1);
+    // The move is taken at the idle point after the next transaction.
+    client.batch_execute("SELECT 1").await.unwrap();
+    let moved = eventually(Duration::from_secs(5), || {
+        placement.clients(WorkerId(to)) == 1
+    })
+    .await;
+    assert!(moved, "the client moved to worker {to}");
+    (from, to)
 }
 
 #[tokio::test]
@@ -43,17 +57,8 @@ async fn a_transaction_pooled_client_moves_with_its_statements_and_settings() {
             .get::<_, i32>(0),
         2
     );
-    let from = worker_of_only_client(&proxy);
-    let to = 1 - from;
+    let (from, to) = move_only_client(&proxy, &client).await;
     let placement = &proxy.app.shared().placement;
-    placement.request_moves(WorkerId(from), WorkerId(to), 1);
-    // The move is taken at the idle point after the next transaction.
-    client.batch_execute("SELECT 1").await.unwrap();
-    let moved = eventually(Duration::from_secs(5), || {
-        placement.clients(WorkerId(to)) == 1
-    })
-    .await;
-    assert!(moved, "the client moved to worker {to}");
     for i in 0..20 {
         let row = client.query_one(&statement, &[&i]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i + 1);
@@ -87,16 +92,8 @@ async fn a_session_pooled_client_moves_with_its_server_connection() {
         .await
         .unwrap()
         .get(0);
-    let from = worker_of_only_client(&proxy);
-    let to = 1 - from;
+    let (from, to) = move_only_client(&proxy, &client).await;
     let placement = &proxy.app.shared().placement;
-    placement.request_moves(WorkerId(from), WorkerId(to), 1);
-    client.batch_execute("SELECT 1").await.unwrap();
-    let moved = eventually(Duration::from_secs(5), || {
-        placement.clients(WorkerId(to)) == 1
-    })
-    .await;
-    assert!(moved, "the client moved to worker {to}");
     for _ in 0..10 {
         let x: i32 = client
             .query_one("SELECT x FROM moved", &[])
@@ -199,23 +196,8 @@ async fn clients_moved_back_and_forth_under_pgbench_see_no_error() {
             }
             shared.placement.moves()
         });
-        let out = common::pgbench(
-            port,
-            &["-c", "20", "-j", "2", "-T", "4", "-M", protocol, "sluice"],
-        )
-        .output()
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains("number of failed transactions: 0"),
-            "{mode}: {stdout}"
-        );
+        let args = ["-c", "20", "-j", "2", "-T", "4", "-M", protocol, "sluice"];
+        common::pgbench_without_failures(port, &args, mode).await;
         let moves = mover.await.unwrap();
         eprintln!("{mode}: {moves} moves");
         assert!(moves >= 100, "{mode}: only {moves} moves");

@@ -228,6 +228,24 @@ pub async fn pgbench_init(port: u16) {
     );
 }
 
+/// Runs pgbench through the proxy at `port` with `args` and asserts it succeeded with no failed
+/// transaction (`label` names the run in the panic); returns its output.
+#[allow(dead_code)]
+pub async fn pgbench_without_failures(port: u16, args: &[&str], label: &str) -> String {
+    let out = pgbench(port, args).output().await.expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{label}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0"),
+        "{label}: {stdout}"
+    );
+    stdout
+}
+
 pub fn pgbench(port: u16, args: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(pg_bin("pgbench"));
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "app"])
