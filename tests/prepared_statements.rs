@@ -127,24 +127,11 @@ async fn an_error_in_a_pipeline_drops_the_rest_until_sync() {
 async fn pgbench_prepared_with_100_clients_through_a_pool_of_10() {
     let proxy = start_proxy(&proxy_yaml("mode: transaction, size: 10", "")).await;
     let port = proxy.addr.port();
-    let pgbench = |args: &[&str]| common::pgbench(port, args);
     common::pgbench_init(port).await;
-    let out = pgbench(&[
+    let args = [
         "-c", "100", "-j", "2", "-T", "4", "-M", "prepared", "sluice",
-    ])
-    .output()
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("number of failed transactions: 0"),
-        "{stdout}"
-    );
+    ];
+    common::pgbench_without_failures(port, &args, "prepared").await;
     let generation = proxy.app.shared().generation.load();
     let open: usize = generation.pools.iter().map(|(_, p)| p.stats().open).sum();
     assert!(open <= 10, "{open} server connections");
