@@ -5,7 +5,6 @@
 
 use std::time::Instant;
 
-use super::pins::QueryEffects;
 use super::relay::Policy;
 use crate::metrics::{DatabaseMetrics, PoolMetrics};
 use crate::protocol::backend::{self, TransactionStatus};
@@ -167,25 +166,18 @@ pub(super) fn note_request(
             &rest[..rest.iter().position(|b| *b == 0)?]
         }
     };
-    let effects = match std::str::from_utf8(sql) {
-        Ok(sql) => {
-            // Per-query logging (off unless debug is enabled: a cached level check).
-            tracing::debug!(
-                kind = if tag == b'Q' { "query" } else { "parse" },
-                sql,
-                "client request"
-            );
-            if !policy.transaction_pooling {
-                return None;
-            }
-            (policy.effects)(sql)
-        }
-        Err(_) if !policy.transaction_pooling => return None,
-        Err(_) => QueryEffects {
-            pin: Some("SQL the proxy cannot read"),
-            ..QueryEffects::default()
-        },
-    };
+    if policy.log_queries {
+        // Per-query logging: on only when debug logging is enabled.
+        tracing::debug!(
+            kind = if tag == b'Q' { "query" } else { "parse" },
+            sql = %String::from_utf8_lossy(sql),
+            "client request"
+        );
+    }
+    if !policy.transaction_pooling {
+        return None;
+    }
+    let effects = (policy.effects)(sql);
     if flight.pinned.is_none() {
         flight.pinned = effects.pin;
     }

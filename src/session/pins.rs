@@ -21,11 +21,18 @@ pub struct QueryEffects {
     pub deallocate: Option<String>,
 }
 
-/// What `sql` does to session state.
-pub fn query_effects(sql: &str) -> QueryEffects {
-    if !may_touch_session(sql.as_bytes()) {
+/// What `sql` (a query string's bytes, in any ASCII-compatible client encoding) does to session
+/// state. Bytes that are not UTF-8 and spell a session word pin: the lexer cannot read them.
+pub fn query_effects(sql: &[u8]) -> QueryEffects {
+    if !may_touch_session(sql) {
         return QueryEffects::default();
     }
+    let Ok(sql) = std::str::from_utf8(sql) else {
+        return QueryEffects {
+            pin: Some("SQL the proxy cannot read"),
+            ..QueryEffects::default()
+        };
+    };
     // Writing functions do not matter here; an empty list allocates nothing.
     let config = ClassifierConfig {
         writing_functions: Vec::new(),
@@ -74,27 +81,50 @@ const SESSION_WORDS: [&[u8]; 9] = [
     b"load",
 ];
 
+/// Bit `w` is set in `FIRST[b]` when byte `b` is the first letter of `SESSION_WORDS[w]` in either
+/// case, and in `SECOND[b]` when it is the second.
+const FIRST: [u16; 256] = letter_table(0);
+const SECOND: [u16; 256] = letter_table(1);
+
+const fn letter_table(position: usize) -> [u16; 256] {
+    let mut table = [0u16; 256];
+    let mut w = 0;
+    while w < SESSION_WORDS.len() {
+        let letter = SESSION_WORDS[w][position];
+        table[letter as usize] |= 1 << w;
+        table[letter.to_ascii_uppercase() as usize] |= 1 << w;
+        w += 1;
+    }
+    table
+}
+
 /// False when `sql` cannot touch session state: none of [`SESSION_WORDS`] occurs in its bytes.
 /// Keywords and function names cannot be escaped into other bytes (only quoted identifiers
-/// take escapes, and those are never keywords), so whatever Postgres reads as such a statement
-/// contains one of the words literally, in any lexing. A few byte comparisons per query
-/// instead of the lexer for most application queries; a match only means "classify".
+/// take escapes, and those are never keywords), and every client encoding Postgres accepts is
+/// a superset of ASCII, so whatever Postgres reads as such a statement contains one of the words
+/// literally, in any lexing. Two table lookups per byte pair pick the rare positions where a
+/// word may start; a match only means "classify".
 fn may_touch_session(sql: &[u8]) -> bool {
-    sql.iter().enumerate().any(|(i, b)| {
-        let first = b.to_ascii_lowercase();
-        SESSION_WORDS.iter().any(|word| {
-            word[0] == first
-                && sql
-                    .get(i..i + word.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(word))
-        })
+    sql.windows(2).enumerate().any(|(i, pair)| {
+        let mut candidates = FIRST[pair[0] as usize] & SECOND[pair[1] as usize];
+        while candidates != 0 {
+            let word = SESSION_WORDS[candidates.trailing_zeros() as usize];
+            if sql
+                .get(i..i + word.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(word))
+            {
+                return true;
+            }
+            candidates &= candidates - 1;
+        }
+        false
     })
 }
 
 /// Why `sql` pins the client, or `None` if it creates no session state that pins.
 #[cfg(test)]
 fn pins_session(sql: &str) -> Option<&'static str> {
-    query_effects(sql).pin
+    query_effects(sql.as_bytes()).pin
 }
 
 /// The reason shown in logs for session state that cannot move between server connections.
@@ -117,7 +147,7 @@ fn reason(effect: &SessionEffect) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::{may_touch_session, pins_session, query_effects, QueryEffects};
+    use super::{may_touch_session, pins_session, query_effects, QueryEffects, SESSION_WORDS};
 
     #[test]
     fn the_prefilter_passes_every_statement_with_an_effect() {
@@ -146,12 +176,52 @@ mod tests {
             "select 1",
             "",
         ] {
-            assert_eq!(query_effects(sql), QueryEffects::default(), "{sql}");
+            assert_eq!(
+                query_effects(sql.as_bytes()),
+                QueryEffects::default(),
+                "{sql}"
+            );
         }
         assert!(!may_touch_session(
             b"SELECT abalance FROM pgbench_accounts WHERE aid = 42"
         ));
         assert!(!may_touch_session("SELECT 'é'".as_bytes()));
+    }
+
+    /// The table-driven prefilter agrees with a plain substring search, at every offset, in
+    /// both cases, next to every other byte.
+    #[test]
+    fn the_prefilter_matches_a_substring_search() {
+        let naive = |sql: &[u8]| {
+            SESSION_WORDS.iter().any(|word| {
+                sql.windows(word.len())
+                    .any(|window| window.eq_ignore_ascii_case(word))
+            })
+        };
+        for word in SESSION_WORDS {
+            let upper = word.to_ascii_uppercase();
+            for filler in [&b""[..], b"x", b"se", b"\xff", b"pg_", b"SE"] {
+                for w in [word, &upper[..], &word[..word.len() - 1]] {
+                    let mut sql = filler.to_vec();
+                    sql.extend_from_slice(w);
+                    sql.extend_from_slice(filler);
+                    assert_eq!(may_touch_session(&sql), naive(&sql), "{sql:?}");
+                }
+            }
+        }
+        for sql in ["se", "s", "", "seT", "xdealloc", "DEALLO", "holD", "ho"] {
+            assert_eq!(
+                may_touch_session(sql.as_bytes()),
+                naive(sql.as_bytes()),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_bytes_pin_only_when_they_spell_a_session_word() {
+        assert_eq!(query_effects(b"SELECT '\xff'"), QueryEffects::default());
+        assert!(query_effects(b"SELECT '\xff'; LISTEN c").pin.is_some());
     }
 
     #[test]
@@ -181,18 +251,20 @@ mod tests {
             "/* hi */ SET x.y = 1",
             "SELECT set_config('a.b', '1', false)",
         ] {
-            let effects = query_effects(sql);
+            let effects = query_effects(sql.as_bytes());
             assert!(effects.pin.is_none() && effects.settings, "{sql}");
         }
-        let discard = query_effects("DISCARD ALL");
+        let discard = query_effects(b"DISCARD ALL");
         assert!(discard.pin.is_none() && discard.settings && discard.forget_all_statements);
-        assert!(query_effects("DEALLOCATE ALL").forget_all_statements);
+        assert!(query_effects(b"DEALLOCATE ALL").forget_all_statements);
         assert_eq!(
-            query_effects("deallocate prepare S1").deallocate.as_deref(),
+            query_effects(b"deallocate prepare S1")
+                .deallocate
+                .as_deref(),
             Some("s1")
         );
-        assert_eq!(query_effects("DEALLOCATE a; SELECT 1").deallocate, None);
-        assert_eq!(query_effects("SELECT 1"), QueryEffects::default());
+        assert_eq!(query_effects(b"DEALLOCATE a; SELECT 1").deallocate, None);
+        assert_eq!(query_effects(b"SELECT 1"), QueryEffects::default());
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub struct Policy {
     pub transaction_pooling: bool,
     /// What a simple query does to session state: pins the client (and why), changes settings,
     /// drops named statements.
-    pub effects: fn(&str) -> QueryEffects,
+    pub effects: fn(&[u8]) -> QueryEffects,
     /// Hold the server's first messages until the client's only request is known not to have
     /// failed with 25006 (see [`super::retry`]); set only for replica-routed simple queries.
     pub retry_read_only: bool,

@@ -45,13 +45,7 @@ impl Statement {
             let classification = classify(sql, &config);
             classification.malformed.is_none() && classification.hinted_target() == Target::Replica
         });
-        let effects = match std::str::from_utf8(query) {
-            Ok(sql) => super::pins::query_effects(sql),
-            Err(_) => super::pins::QueryEffects {
-                pin: Some("SQL the proxy cannot read"),
-                ..Default::default()
-            },
-        };
+        let effects = super::pins::query_effects(query);
         let name = format!("__sluice_{id}\0");
         let mut parse = BytesMut::with_capacity(5 + name.len() + rest.len());
         parse.put_u8(b'P');
