@@ -14,6 +14,7 @@ pub mod limits;
 mod moving;
 pub mod params;
 mod pins;
+mod pipe;
 pub mod placement;
 pub mod relay;
 mod retry;
@@ -21,6 +22,7 @@ mod routing;
 pub mod startup;
 pub mod statements;
 mod task;
+mod transaction;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;

@@ -13,10 +13,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::client::{poll_idle, ClientState, Greeted, Served, Session, Step};
+use super::client::{poll_idle, Greeted, Served, Session};
 use super::limits::ClientLimitGuard;
 use super::moving::{MovedClient, Placed, SessionClient};
 use super::routing::ClientRouting;
+use super::transaction::{ClientState, Step};
 use super::{startup, ClientError, Generation, Shared};
 use crate::admin::ClientEntry;
 use crate::metrics::{DatabaseMetrics, GlobalMetrics};

@@ -1,0 +1,410 @@
+//! One direction of a relay: a buffer, the header walker, and what is cleared for forwarding.
+//! Forwards bytes after reading only message headers, except the few messages the proxy must
+//! see whole; a direction whose writes block stops reading (backpressure).
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::poll_read_buf;
+
+use super::exchange::{Exchange, Expect, Response};
+use super::flight::{note_request, observe, Flight, Source, StatementDrop};
+use super::relay::{Policy, RelayEnd};
+use super::retry::{Hold, HoldStep};
+use crate::protocol::frame::{Passthrough, Step};
+use crate::protocol::ProtocolError;
+
+/// Read sizes per direction: clients mostly send small requests; servers stream results.
+const CLIENT_READ: usize = 8 * 1024;
+const SERVER_READ: usize = 16 * 1024;
+/// Free room below which a client buffer grows to `CLIENT_READ` before the next read.
+const CLIENT_MIN_SPARE: usize = 256;
+
+/// The least `out` reserves at its first use in a relay.
+const OUT_MIN: usize = 256;
+
+/// One direction: a buffer, the header walker, and how much of the buffer is ready to write.
+#[derive(Debug)]
+pub(super) struct Pipe {
+    pub(super) source: Source,
+    pub(super) buf: BytesMut,
+    pub(super) pass: Passthrough,
+    /// Bytes at the front of `buf` cleared for forwarding.
+    pub(super) ready: usize,
+    /// Bytes to forward before anything in `buf`, used once a message is rewritten, dropped or
+    /// answered by the proxy; while it holds bytes, `ready` is 0 and cleared messages are copied
+    /// here to keep their order. Allocated only when needed.
+    pub(super) out: BytesMut,
+    /// End the direction this way once `ready` bytes are written (Terminate, a release point).
+    pub(super) stop: Option<RelayEnd>,
+    /// Written bytes that may still sit in a TLS buffer.
+    need_flush: bool,
+    read_size: usize,
+    max_message_size: usize,
+    /// Server messages held back for a possible 25006 retry (`Policy::retry_read_only`).
+    pub(super) hold: Option<Hold>,
+}
+
+impl Pipe {
+    pub(super) fn new(source: Source, buf: BytesMut, max_message_size: usize) -> Pipe {
+        let read_size = match source {
+            Source::Client => CLIENT_READ,
+            Source::Server => SERVER_READ,
+        };
+        Pipe {
+            source,
+            buf,
+            pass: Passthrough::default(),
+            ready: 0,
+            out: BytesMut::new(),
+            stop: None,
+            need_flush: false,
+            read_size,
+            max_message_size,
+            hold: None,
+        }
+    }
+
+    /// Room below which the buffer grows before a read. Small on the client side: a request
+    /// usually fits in the buffer the idle client read it into, which then need not grow (and be
+    /// copied) at every transaction.
+    fn min_spare(&self) -> usize {
+        match self.source {
+            Source::Client => CLIENT_MIN_SPARE,
+            Source::Server => self.read_size / 4,
+        }
+    }
+
+    pub(super) fn gone(&self) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ClientGone,
+            Source::Server => RelayEnd::ServerGone,
+        }
+    }
+
+    fn peer_gone(&self) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ServerGone,
+            Source::Server => RelayEnd::ClientGone,
+        }
+    }
+
+    fn protocol_error(&self, e: ProtocolError) -> RelayEnd {
+        match self.source {
+            Source::Client => RelayEnd::ClientProtocol(e),
+            Source::Server => RelayEnd::ServerProtocol(e),
+        }
+    }
+
+    /// Whether stopping here leaves the server connection out of step: a message only partly
+    /// forwarded or written, or (reading from the server) bytes read but not delivered, which would
+    /// otherwise reach the next client as the tail of a message.
+    pub(super) fn torn(&self) -> bool {
+        let undelivered = !self.out.is_empty()
+            || match self.source {
+                Source::Client => self.ready > 0,
+                Source::Server => !self.buf.is_empty(),
+            };
+        self.pass.in_message() || undelivered
+    }
+
+    /// Moves data from `src` to `dst` until one of them would block (Pending) or the direction ends.
+    pub(super) fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+        flight: &mut Flight<'_>,
+        policy: Policy,
+        exchange: &mut Option<Exchange<'_>>,
+    ) -> Poll<RelayEnd>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while !self.out.is_empty() {
+                match ready!(dst.as_mut().poll_write(cx, &self.out)) {
+                    Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
+                    Ok(n) => {
+                        self.out.advance(n);
+                        self.need_flush = true;
+                        flight.wrote(self.source, n);
+                    }
+                }
+            }
+            while self.ready > 0 {
+                match ready!(dst.as_mut().poll_write(cx, &self.buf[..self.ready])) {
+                    Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
+                    Ok(n) => {
+                        self.buf.advance(n);
+                        self.ready -= n;
+                        self.need_flush = true;
+                        flight.wrote(self.source, n);
+                    }
+                }
+            }
+            if let Some(end) = self.stop.take() {
+                if self.need_flush {
+                    if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                        return Poll::Ready(self.peer_gone());
+                    }
+                    self.need_flush = false;
+                }
+                return Poll::Ready(end);
+            }
+            if let Err(e) = self.scan(flight, policy, exchange) {
+                return Poll::Ready(self.protocol_error(e));
+            }
+            if self.ready > 0 || !self.out.is_empty() || self.stop.is_some() {
+                continue;
+            }
+            if self.buf.capacity() - self.buf.len() < self.min_spare() {
+                self.buf.reserve(self.read_size);
+            }
+            match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(self.gone()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    if self.need_flush {
+                        if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                            return Poll::Ready(self.peer_gone());
+                        }
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Clears buffered bytes for forwarding, message by message, looking at headers only, and at
+    /// whole frames for the few messages the proxy must understand.
+    fn scan(
+        &mut self,
+        flight: &mut Flight<'_>,
+        policy: Policy,
+        exchange: &mut Option<Exchange<'_>>,
+    ) -> Result<(), ProtocolError> {
+        while self.stop.is_none() {
+            if let Some(exchange) = exchange.as_mut() {
+                if self.source == Source::Server && exchange.owes() && !self.pass.in_message() {
+                    self.release_hold();
+                    self.divert();
+                    exchange.owed(&mut self.out);
+                }
+            }
+            let (header, available) = match self
+                .pass
+                .step(&self.buf[self.ready..], self.max_message_size)?
+            {
+                Step::NeedMore => return Ok(()),
+                Step::Body { n } => {
+                    self.clear(n);
+                    continue;
+                }
+                Step::Message { header, available } => (header, available),
+            };
+            let frame_len = header.frame_len();
+            let rewriting = exchange.is_some();
+            let needs_whole = match self.source {
+                Source::Client => {
+                    (policy.transaction_pooling
+                        && matches!(header.tag, b'P' | b'Q' | b'B' | b'D' | b'C'))
+                        || (policy.log_queries && matches!(header.tag, b'P' | b'Q'))
+                }
+                Source::Server => {
+                    matches!(header.tag, b'Z' | b'S' | b'E')
+                        || (rewriting && matches!(header.tag, b'1' | b'3'))
+                        || self.hold.is_some()
+                }
+            };
+            if needs_whole && available < frame_len {
+                self.buf.reserve(frame_len - available);
+                return Ok(());
+            }
+            let frame = &self.buf[self.ready..self.ready + available];
+            let body = if needs_whole { &frame[5..] } else { &[][..] };
+            match self.source {
+                Source::Client => {
+                    if header.tag == b'X' {
+                        // Terminate ends the session; it is not forwarded.
+                        self.stop = Some(RelayEnd::ClientTerminated);
+                        return Ok(());
+                    }
+                    let dropped = note_request(header.tag, body, flight, policy);
+                    if let Some(exchange) = exchange.as_mut() {
+                        if self.client_request(exchange, available, dropped, flight) {
+                            continue;
+                        }
+                    }
+                }
+                Source::Server => {
+                    if let Some(exchange) = exchange.as_mut() {
+                        if exchange.response(header.tag) == Response::Drop {
+                            self.divert();
+                            self.drop_message(frame_len);
+                            continue;
+                        }
+                    }
+                    if self.hold.is_some() {
+                        if self.held(header.tag, frame_len, flight)? {
+                            continue;
+                        }
+                        // Held messages went out ahead: the message moved in the buffer.
+                        let frame = &self.buf[self.ready..self.ready + available];
+                        if observe(header.tag, &frame[5..], flight)?
+                            && (policy.transaction_pooling || flight.draining)
+                            && !owed(exchange)
+                        {
+                            self.stop = Some(RelayEnd::TransactionDone);
+                        }
+                        self.clear(available);
+                        continue;
+                    }
+                    let owed = exchange.as_ref().is_some_and(|e| !e.expected.is_empty());
+                    if observe(header.tag, body, flight)?
+                        && (policy.transaction_pooling || flight.draining)
+                        && !owed
+                    {
+                        self.stop = Some(RelayEnd::TransactionDone);
+                    }
+                }
+            }
+            self.clear(available);
+        }
+        Ok(())
+    }
+
+    /// Hands a client message at the scan position to the statement exchange. True if the
+    /// exchange consumed it (rewritten, answered by the proxy); false to forward it as is.
+    fn client_request(
+        &mut self,
+        exchange: &mut Exchange<'_>,
+        available: usize,
+        dropped: Option<StatementDrop>,
+        flight: &mut Flight<'_>,
+    ) -> bool {
+        let frame = &self.buf[self.ready..self.ready + available];
+        if let Some(dropped) = dropped {
+            exchange.expected.push_back(Expect::UntilReady);
+            let name = match dropped {
+                StatementDrop::All => {
+                    exchange.client.clear();
+                    flight.statements_dropped = true;
+                    return false;
+                }
+                StatementDrop::Named(name) => name,
+            };
+            let Some((sql, all)) = exchange.deallocate(name.as_bytes()) else {
+                return false;
+            };
+            flight.statements_dropped |= all;
+            self.divert();
+            crate::protocol::frontend::encode_query(&sql, &mut self.out);
+            self.drop_message(available);
+            return true;
+        }
+        if !exchange.intercepts(frame) {
+            exchange.request(frame, &mut self.out);
+            return false;
+        }
+        self.divert();
+        let frame = &self.buf[..available];
+        if exchange.request(frame, &mut self.out) == super::exchange::Request::Forward {
+            self.out.extend_from_slice(frame);
+        }
+        if flight.pinned.is_none() {
+            flight.pinned = exchange.pinned;
+        }
+        self.drop_message(available);
+        true
+    }
+
+    /// Under `Policy::retry_read_only`, holds or releases the whole server message at the scan
+    /// position. True if it was consumed (held, or dropped for a retry).
+    fn held(
+        &mut self,
+        tag: u8,
+        frame_len: usize,
+        flight: &mut Flight,
+    ) -> Result<bool, ProtocolError> {
+        let Some(mut hold) = self.hold.take() else {
+            return Ok(false);
+        };
+        let frame = &self.buf[self.ready..self.ready + frame_len];
+        let body = &frame[5..];
+        match hold.step(tag, body) {
+            HoldStep::Keep => {
+                observe(tag, body, flight)?;
+                hold.buf.extend_from_slice(frame);
+                self.hold = Some(hold);
+            }
+            HoldStep::Retry if flight.client_messages == 1 => {
+                observe(tag, body, flight)?;
+                self.stop = Some(RelayEnd::ReadOnlyRetry);
+            }
+            HoldStep::Retry | HoldStep::Release => {
+                self.hold = Some(hold);
+                self.release_hold();
+                return Ok(false);
+            }
+        }
+        self.divert();
+        self.drop_message(frame_len);
+        Ok(true)
+    }
+
+    /// Stops holding: what was held goes out first.
+    fn release_hold(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            self.divert();
+            self.out.extend_from_slice(&hold.buf);
+        }
+    }
+
+    /// Clears the next `n` scanned bytes for forwarding, in place or (when earlier output was
+    /// rewritten) after it.
+    fn clear(&mut self, n: usize) {
+        if self.out.is_empty() {
+            self.ready += n;
+        } else {
+            self.out.extend_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+        }
+        self.pass.advance(n);
+    }
+
+    /// Gives `out` room at its first use in a relay for everything buffered, so rewriting a
+    /// pipeline allocates once instead of growing message by message.
+    fn prepare_out(&mut self) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(self.buf.len().max(OUT_MIN));
+        }
+    }
+
+    /// Moves the bytes cleared in place to `out`, so that something can be inserted after them.
+    fn divert(&mut self) {
+        self.prepare_out();
+        if self.ready > 0 {
+            self.out.extend_from_slice(&self.buf[..self.ready]);
+            self.buf.advance(self.ready);
+            self.ready = 0;
+        }
+    }
+
+    /// Consumes the whole message at the scan position (after [`Pipe::divert`]) without
+    /// forwarding it.
+    fn drop_message(&mut self, frame_len: usize) {
+        debug_assert_eq!(self.ready, 0);
+        self.pass.advance(frame_len);
+        self.buf.advance(frame_len);
+    }
+}
+
+/// Whether the statement exchange still owes the client responses.
+fn owed(exchange: &Option<Exchange<'_>>) -> bool {
+    exchange.as_ref().is_some_and(|e| !e.expected.is_empty())
+}
