@@ -7,10 +7,12 @@ use super::{Counter, FloatGauge, Gauge, Histogram};
 /// Metrics of one pool (database, user, node). Get it from `Pool::metrics()` (or
 /// `Metrics::pool`); record with relaxed atomics, no lock, no allocation:
 ///
-/// - a client's transaction ended (ReadyForQuery back to idle): `transactions.inc()` and
-///   `transaction_duration.observe(started.elapsed())`, `started` being the first message of it;
-/// - a query answered (each Query, or each Sync of the extended protocol): `queries.inc()` and
-///   `query_duration.observe(...)` from the request to its ReadyForQuery;
+/// - a client's transaction ended (ReadyForQuery back to idle):
+///   `transaction_duration.observe(started.elapsed())`, `started` being the first message of it
+///   (the histogram's count is the transaction counter: one atomic add less per transaction);
+/// - a query answered (each Query, or each Sync of the extended protocol):
+///   `query_duration.observe(...)` from the request to its ReadyForQuery (its count is the
+///   query counter);
 /// - bytes relayed: `bytes_received.add(n)` for bytes read from the client, `bytes_sent.add(n)` for
 ///   bytes written to it;
 /// - prepared-statement cache: `prepared_cache_hits.inc()`, `prepared_cache_misses.inc()`,
@@ -22,8 +24,6 @@ use super::{Counter, FloatGauge, Gauge, Histogram};
 pub struct PoolMetrics {
     /// `database="..",user="..",node=".."`, escaped.
     pub(super) labels: String,
-    pub transactions: Counter,
-    pub queries: Counter,
     pub transaction_duration: Histogram,
     pub query_duration: Histogram,
     /// Time from asking the pool for a connection to getting a slot (0 when one was free).
@@ -47,6 +47,16 @@ pub struct PoolMetrics {
 }
 
 impl PoolMetrics {
+    /// Transactions completed by the pool's clients (counted by their duration histogram).
+    pub fn transactions(&self) -> u64 {
+        self.transaction_duration.count()
+    }
+
+    /// Queries answered for the pool's clients (counted by their duration histogram).
+    pub fn queries(&self) -> u64 {
+        self.query_duration.count()
+    }
+
     /// A handle not listed in any registry (pools built without one, e.g. in unit tests).
     pub fn detached() -> PoolMetrics {
         PoolMetrics::new("", "", "")
@@ -60,8 +70,6 @@ impl PoolMetrics {
                 escape_label(user),
                 escape_label(node)
             ),
-            transactions: Counter::default(),
-            queries: Counter::default(),
             transaction_duration: Histogram::default(),
             query_duration: Histogram::default(),
             checkout_wait: Histogram::default(),

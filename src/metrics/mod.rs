@@ -155,6 +155,13 @@ impl Histogram {
         self.buckets[0].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many durations were recorded (the sum over buckets; for rendering, not the hot path).
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .fold(0u64, |n, b| n.wrapping_add(b.load(Ordering::Relaxed)))
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = [0u64; BUCKETS.len() + 1];
         let mut running = 0u64;

@@ -67,12 +67,12 @@ const POOL_COUNTERS: &[(&str, &str, PoolCounter)] = &[
     (
         "pgsluice_transactions_total",
         "Transactions completed by clients of the pool.",
-        |p| p.transactions.get(),
+        |p| p.transactions(),
     ),
     (
         "pgsluice_queries_total",
         "Queries (Query or Sync) answered for clients of the pool.",
-        |p| p.queries.get(),
+        |p| p.queries(),
     ),
     (
         "pgsluice_checkout_timeouts_total",

@@ -161,7 +161,9 @@ fn find<'a>(samples: &'a [Sample], name: &str, want: &[(&str, &str)]) -> Vec<&'a
 fn rendering_parses_back_with_the_recorded_values() {
     let metrics = Metrics::new();
     let pool = metrics.pool("db\"1", "u\\ser", "node\n1");
-    pool.queries.add(3);
+    for _ in 0..3 {
+        pool.query_duration.observe(Duration::from_micros(300));
+    }
     pool.checkout_wait.observe(Duration::from_millis(2));
     pool.checkout_wait.observe_zero();
     pool.server_active.inc();
@@ -253,8 +255,8 @@ fn handles_for_the_same_labels_are_shared() {
     let metrics = Metrics::new();
     let a = metrics.pool("d", "u", "n");
     let b = metrics.pool("d", "u", "n");
-    a.transactions.inc();
-    assert_eq!(b.transactions.get(), 1);
+    a.transaction_duration.observe(Duration::from_millis(1));
+    assert_eq!(b.transactions(), 1);
     assert!(Arc::ptr_eq(&metrics.database("d"), &metrics.database("d")));
 }
 

@@ -401,7 +401,10 @@ impl<'a> Session<'a> {
             pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
         };
-        let timeouts = Timeouts::from_settings(server.pool().settings(), Some(target.clone()));
+        let settings = server.pool().settings();
+        // Only a query timeout cancels from the relay (each clone counts on the pool's Arc).
+        let cancel = (!settings.query_timeout.is_zero()).then(|| target.clone());
+        let timeouts = Timeouts::from_settings(settings, cancel);
         self.client.set_cancel_target(Some(target));
         let capacity = server.pool().settings().server_prepared_statements;
         let (pool, conn) = server.parts();

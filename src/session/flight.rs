@@ -69,7 +69,6 @@ impl Flight<'_> {
     pub(super) fn request_answered(&mut self) {
         let now = Instant::now();
         if let Some(start) = self.query_start.take() {
-            self.metrics.pool.queries.inc();
             self.metrics.pool.query_duration.observe(now - start);
         }
         if self.pending > 0 {
@@ -78,7 +77,6 @@ impl Flight<'_> {
         }
         if self.status == TransactionStatus::Idle {
             if let Some(start) = self.transaction_start.take() {
-                self.metrics.pool.transactions.inc();
                 self.metrics.pool.transaction_duration.observe(now - start);
             }
             self.flush_bytes();
