@@ -27,7 +27,10 @@
 # Env PGSLUICE_WORKERS sets pgsluice's limits.worker_threads (default: one per CPU).
 # Env PGSLUICE_B_BIN=path adds target "pgsluice-b": a second pgsluice binary with the same config,
 # for A/B comparisons of two builds in one run (e.g. -t "pgbouncer pgsluice pgsluice-b").
+# Env PGSLUICE_LIMITS / PGSLUICE_B_LIMITS add entries to the `limits` of pgsluice / pgsluice-b
+# (e.g. PGSLUICE_B_LIMITS="balance_interval: 0s" compares two settings with one binary).
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
+# Prints the CPU steal time during the runs (other guests on a shared host): a noisy run shows.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
 set -euo pipefail
 
@@ -233,13 +236,17 @@ fi
 # ---------------------------------------------------------------- pgsluice
 # start_sluice TARGET BINARY: writes TARGET's config, starts it; sets PORT/PID[TARGET] and LAST_PID.
 start_sluice() {
-    local target=$1 bin=$2
+    local target=$1 bin=$2 limits
+    case $target in
+    pgsluice-b) limits=${PGSLUICE_B_LIMITS:-} ;;
+    *) limits=${PGSLUICE_LIMITS:-} ;;
+    esac
     PORT[$target]=$(free_port)
     cat >"$WORK/$target.yaml" <<EOF
 listeners: [{ address: "127.0.0.1:${PORT[$target]}" }]
 auth: { method: trust }
 pool: { mode: $POOL_MODE, size: $POOL_SIZE }
-limits: { max_client_conn: $CLIENT_LIMIT${PGSLUICE_WORKERS:+, worker_threads: $PGSLUICE_WORKERS} }
+limits: { max_client_conn: $CLIENT_LIMIT${PGSLUICE_WORKERS:+, worker_threads: $PGSLUICE_WORKERS}${limits:+, $limits} }
 users: [{ name: postgres }]
 databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: primary }] }]
 ${PGSLUICE_EXTRA_YAML:-}
@@ -301,8 +308,11 @@ if [ -n "$IDLE_CLIENTS" ]; then
 fi
 
 # ---------------------------------------------------------------- runs
+# cpu_times: the aggregate "cpu" line of /proc/stat (all CPU time, then steal, in ticks).
+cpu_times() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
 declare -A TPS=() CPU=()
 RUN=0
+read -r TOTAL0 STEAL0 < <(cpu_times)
 for clients in $CLIENTS; do
     threads=$((THREADS < clients ? THREADS : clients))
     for round in $(seq 1 "$ROUNDS"); do
@@ -339,8 +349,12 @@ done
 # ---------------------------------------------------------------- report
 # fmt NUMBER DECIMALS: fixed-point, or "-" passed through.
 fmt() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "-") print "-"; else printf "%.*f\n", d, v }'; }
+read -r TOTAL1 STEAL1 < <(cpu_times)
 echo
 echo "pgbench $PGBENCH_FLAGS -M $PROTOCOL, ${DURATION}s x $ROUNDS rounds, pool $POOL_MODE/$POOL_SIZE, scale $SCALE"
+# Time the hypervisor gave to other guests: the higher, the noisier every figure below.
+awk -v t=$((TOTAL1 - TOTAL0)) -v s=$((STEAL1 - STEAL0)) \
+    'BEGIN { if (t > 0) printf "CPU steal during the runs: %.1f%% (other guests on the host)\n", 100 * s / t }'
 printf '%-8s %-10s %12s %9s %18s\n' clients target "TPS(median)" "vs direct" "CPU s/1000 tx"
 # shellcheck disable=SC2086 # word splitting of the sample lists is intended
 for clients in $CLIENTS; do
