@@ -321,3 +321,52 @@ async fn shutdown_stops_accepting_clients() {
     assert!(refused, "the proxy stops listening after SHUTDOWN");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn show_workers_lists_each_worker_thread() {
+    let limits = "limits: { worker_threads: 2, balance_interval: 100ms }";
+    let proxy = start_proxy(&proxy_yaml("size: 2", &format!("{ADMIN_USERS}\n{limits}"))).await;
+    let app = proxy.app_client().await;
+    app.batch_execute("SELECT 1").await.unwrap();
+    let admin = console(&proxy).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (columns, rows) = loop {
+        let (columns, rows) = table(&admin, "show workers").await;
+        let measured = rows
+            .iter()
+            .all(|r| !cell(&columns, r, "cpu_percent").is_empty());
+        if measured || tokio::time::Instant::now() >= deadline {
+            break (columns, rows);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        columns,
+        [
+            "worker",
+            "clients",
+            "cpu_percent",
+            "new_clients",
+            "moves_asked"
+        ]
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // The application client and this console.
+    let clients: u32 = rows
+        .iter()
+        .map(|r| cell(&columns, r, "clients").parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(clients, 2, "{rows:?}");
+    for row in &rows {
+        let cpu: f64 = cell(&columns, row, "cpu_percent")
+            .parse()
+            .expect("measured");
+        assert!((0.0..=200.0).contains(&cpu), "{row:?}");
+    }
+    let preferred = rows
+        .iter()
+        .filter(|r| cell(&columns, r, "new_clients") == "yes");
+    assert_eq!(preferred.count(), 1, "{rows:?}");
+    drop(app);
+    proxy.stop().await;
+}

@@ -132,6 +132,19 @@ async fn a_session_pooled_client_moves_with_its_server_connection() {
     proxy.stop().await;
 }
 
+/// The proxy's metrics once `ready` holds for them (published once per balancer interval).
+async fn eventually_metrics(proxy: &common::Proxy, ready: impl Fn(&str) -> bool) -> String {
+    let metrics = proxy.app.shared().generation.load().metrics.clone();
+    for _ in 0..100 {
+        let text = metrics.render();
+        if ready(&text) {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    metrics.render()
+}
+
 #[tokio::test]
 async fn a_light_load_is_packed_onto_one_worker() {
     let text = yaml("mode: transaction, size: 4", "0");
@@ -167,6 +180,27 @@ async fn a_light_load_is_packed_onto_one_worker() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(packed, "a light load runs on one worker");
+    // What operators see: both workers measured, the clients per worker and the moves taken.
+    let measured = eventually(Duration::from_secs(5), || {
+        (0..2).all(|w| placement.load(WorkerId(w)).is_some())
+    })
+    .await;
+    assert!(measured, "each worker's CPU use is measured");
+    let exposition = eventually_metrics(&proxy, |text| {
+        text.contains("pgsluice_worker_clients{worker=\"1\"}")
+            && !text.contains("pgsluice_client_moves_total 0\n")
+    })
+    .await;
+    let count = |worker: usize| -> f64 {
+        let series = format!("pgsluice_worker_clients{{worker=\"{worker}\"}} ");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(count(0) + count(1), 4.0, "{exposition}");
+    assert!(exposition.contains("pgsluice_worker_cpu_ratio{worker=\"0\"} "));
     let _ = std::fs::remove_dir_all(&dir);
     proxy.stop().await;
 }

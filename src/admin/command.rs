@@ -12,6 +12,7 @@ pub enum Show {
     Stats,
     Config,
     Version,
+    Workers,
 }
 
 /// One console command.
@@ -59,6 +60,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("SHOW STATS", "totals per database"),
     ("SHOW CONFIG", "the running configuration (secrets hidden)"),
     ("SHOW VERSION", "the pgsluice version"),
+    (
+        "SHOW WORKERS",
+        "one row per worker thread: clients, CPU use, moves asked by the balancer",
+    ),
     ("RELOAD", "re-read the config file and apply it"),
     (
         "PAUSE [db]",
@@ -109,6 +114,7 @@ fn parse_show(args: &[&str]) -> Result<Command, ParseError> {
         "stats" => Show::Stats,
         "config" => Show::Config,
         "version" => Show::Version,
+        "workers" => Show::Workers,
         _ => return Err(ParseError::UnknownShow(item)),
     };
     Ok(Command::Show(show))
@@ -163,6 +169,7 @@ mod tests {
         assert_eq!(parse("show stats"), Ok(Command::Show(Show::Stats)));
         assert_eq!(parse("show config"), Ok(Command::Show(Show::Config)));
         assert_eq!(parse("show version"), Ok(Command::Show(Show::Version)));
+        assert_eq!(parse("show workers"), Ok(Command::Show(Show::Workers)));
         assert_eq!(parse("Reload"), Ok(Command::Reload));
         assert_eq!(parse("shutdown"), Ok(Command::Shutdown));
         assert_eq!(parse("pause"), Ok(Command::Pause(None)));

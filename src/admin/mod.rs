@@ -39,6 +39,22 @@ pub struct View<'a> {
     pub config: &'a Config,
     pub pools: &'a PoolSet,
     pub topology: &'a HashMap<String, TopologyHandle>,
+    /// The worker threads, in order.
+    pub workers: &'a [WorkerView],
+}
+
+/// One worker thread as SHOW WORKERS lists it (filled in by the session layer, which places
+/// clients on workers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerView {
+    /// Clients it serves now.
+    pub clients: usize,
+    /// Share of one core it used over the balancer's last interval, once measured.
+    pub cpu: Option<f64>,
+    /// New clients go to it.
+    pub preferred: bool,
+    /// Clients the balancer asked to move off it, not yet moved.
+    pub moves_asked: usize,
 }
 
 /// What the console reads and acts on, provided by the session layer. `with_view` must hand out

@@ -21,6 +21,7 @@ pub fn show(show: Show, view: &View<'_>, clients: &[std::sync::Arc<ClientEntry>]
         Show::Nodes => nodes(view),
         Show::Stats => stats(view, clients),
         Show::Config => super::config_view::config(view.config),
+        Show::Workers => workers(view),
         Show::Version => {
             let mut table = Table::new(&[("version", Kind::Text)]);
             table.push(vec![text(version())]);
@@ -251,6 +252,27 @@ fn nodes(view: &View<'_>) -> Table {
                 }),
             ]);
         }
+    }
+    table
+}
+
+/// One row per worker thread.
+fn workers(view: &View<'_>) -> Table {
+    let mut table = Table::new(&[
+        ("worker", Kind::Int),
+        ("clients", Kind::Int),
+        ("cpu_percent", Kind::Float),
+        ("new_clients", Kind::Text),
+        ("moves_asked", Kind::Int),
+    ]);
+    for (index, worker) in view.workers.iter().enumerate() {
+        table.push(vec![
+            int(index as u64),
+            int(worker.clients as u64),
+            worker.cpu.map(|cpu| format!("{:.1}", cpu * 100.0)),
+            text(if worker.preferred { "yes" } else { "no" }),
+            int(worker.moves_asked as u64),
+        ]);
     }
     table
 }

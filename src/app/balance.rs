@@ -92,6 +92,7 @@ pub async fn run(
         return;
     }
     let mut last: Option<(Instant, Vec<u64>)> = None;
+    let mut published = Published::default();
     loop {
         let interval = shared.generation.load().config.limits.balance_interval;
         let pause = if interval.is_zero() {
@@ -106,31 +107,69 @@ pub async fn run(
         let clients: Vec<usize> = (0..workers)
             .map(|w| shared.placement.clients(WorkerId(w)))
             .collect();
-        if interval.is_zero() {
-            // Off: new clients go round robin (`Workers::dispatch`); nothing moves.
-            last = None;
-            continue;
-        }
         let now = Instant::now();
         let times: Option<Vec<u64>> = tids
             .iter()
             .map(|tid| tid.get().and_then(|&tid| cpu_ns(tid)))
             .collect();
-        let Some(times) = times else {
-            let fewest = (0..workers).min_by_key(|&w| clients[w]).unwrap_or(0);
-            shared.placement.set_preferred(WorkerId(fewest));
-            continue;
+        let loads = match (&times, last.take()) {
+            (Some(times), Some((then, before))) => {
+                let elapsed = now.duration_since(then).as_nanos().max(1) as f64;
+                let loads: Vec<f64> = times
+                    .iter()
+                    .zip(&before)
+                    .map(|(t, b)| t.saturating_sub(*b) as f64 / elapsed)
+                    .collect();
+                Some(loads)
+            }
+            _ => None,
         };
-        if let Some((then, before)) = last.replace((now, times.clone())) {
-            let elapsed = now.duration_since(then).as_nanos().max(1) as f64;
-            let loads: Vec<f64> = times
-                .iter()
-                .zip(&before)
-                .map(|(t, b)| t.saturating_sub(*b) as f64 / elapsed)
-                .collect();
-            apply(&shared, &plan(&loads, &clients), workers);
-            tracing::debug!(?loads, ?clients, "balanced workers");
+        last = times.clone().map(|times| (now, times));
+        published.publish(&shared, &clients, loads.as_deref());
+        if interval.is_zero() {
+            // Off: new clients go round robin (`Workers::dispatch`); nothing moves.
+            continue;
         }
+        match (times, loads) {
+            (None, _) => {
+                let fewest = (0..workers).min_by_key(|&w| clients[w]).unwrap_or(0);
+                shared.placement.set_preferred(WorkerId(fewest));
+            }
+            (Some(_), Some(loads)) => {
+                apply(&shared, &plan(&loads, &clients), workers);
+                tracing::debug!(?loads, ?clients, "balanced workers");
+            }
+            (Some(_), None) => {}
+        }
+    }
+}
+
+/// What the balancer last published to the metrics.
+#[derive(Default)]
+struct Published {
+    /// `Placement::moves` at the last publication.
+    moves: u64,
+}
+
+impl Published {
+    /// Publishes each worker's clients and CPU use (also while balancing is off) to the
+    /// placement (SHOW WORKERS) and the metrics, and the moves taken since the last time.
+    fn publish(&mut self, shared: &Shared, clients: &[usize], loads: Option<&[f64]>) {
+        let metrics = &shared.generation.load().metrics;
+        for (index, &count) in clients.iter().enumerate() {
+            let worker = metrics.worker(index);
+            worker.clients.set(i64::try_from(count).unwrap_or(i64::MAX));
+            if let Some(&load) = loads.and_then(|l| l.get(index)) {
+                shared.placement.set_load(WorkerId(index), load);
+                worker.cpu.set(load);
+            }
+        }
+        let moves = shared.placement.moves();
+        metrics
+            .global()
+            .client_moves
+            .add(moves.saturating_sub(self.moves));
+        self.moves = moves;
     }
 }
 

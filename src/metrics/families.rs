@@ -361,6 +361,8 @@ pub struct GlobalMetrics {
     pub auth_failures: Counter,
     pub tls_handshakes: Counter,
     pub client_limit_rejections: Counter,
+    /// Clients moved between worker threads (at idle points, asked by the balancer).
+    pub client_moves: Counter,
 }
 
 impl GlobalMetrics {
@@ -374,5 +376,30 @@ impl GlobalMetrics {
     /// Uncounts a client counted by [`GlobalMetrics::client_connected`].
     pub fn client_disconnected(&self) {
         self.connected.dec();
+    }
+}
+
+/// One worker thread, published by the app's balancer once per interval (every
+/// `limits.balance_interval`, or every second while balancing is off).
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    /// `worker=".."`.
+    pub(super) labels: String,
+    /// Clients the worker serves.
+    pub clients: Gauge,
+    /// Share of one core the worker's thread used over the last interval; negative until
+    /// measured (not rendered).
+    pub cpu: FloatGauge,
+}
+
+impl WorkerMetrics {
+    pub(super) fn new(index: usize) -> WorkerMetrics {
+        let cpu = FloatGauge::default();
+        cpu.set(-1.0);
+        WorkerMetrics {
+            labels: format!("worker=\"{index}\""),
+            clients: Gauge::default(),
+            cpu,
+        }
     }
 }

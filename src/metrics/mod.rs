@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use families::{
     DatabaseMetrics, ErrorClass, GlobalMetrics, NodeMetrics, NodeRoleLabel, PoolMetrics,
-    RouteReason, RouteTarget,
+    RouteReason, RouteTarget, WorkerMetrics,
 };
 
 /// A monotonically increasing count (`_total` families).
@@ -201,6 +201,7 @@ pub struct Metrics {
     pools: Mutex<BTreeMap<PoolKey, Arc<PoolMetrics>>>,
     databases: Mutex<BTreeMap<String, Arc<DatabaseMetrics>>>,
     nodes: Mutex<BTreeMap<(String, String), Arc<NodeMetrics>>>,
+    workers: Mutex<BTreeMap<usize, Arc<WorkerMetrics>>>,
     /// Errors of clients whose database is not configured (label `database=""`), so a client
     /// cannot create series by inventing names.
     unknown_database: Arc<DatabaseMetrics>,
@@ -215,6 +216,7 @@ impl Default for Metrics {
             pools: Mutex::default(),
             databases: Mutex::default(),
             nodes: Mutex::default(),
+            workers: Mutex::default(),
             unknown_database: Arc::new(DatabaseMetrics::new("")),
         }
     }
@@ -283,6 +285,14 @@ impl Metrics {
             .clone()
     }
 
+    /// The handle of worker thread `index`.
+    pub fn worker(&self, index: usize) -> Arc<WorkerMetrics> {
+        lock(&self.workers)
+            .entry(index)
+            .or_insert_with(|| Arc::new(WorkerMetrics::new(index)))
+            .clone()
+    }
+
     /// Every metric in the Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let pools: Vec<Arc<PoolMetrics>> = lock(&self.pools).values().cloned().collect();
@@ -290,6 +300,7 @@ impl Metrics {
             lock(&self.databases).values().cloned().collect();
         databases.push(self.unknown_database.clone());
         let nodes: Vec<Arc<NodeMetrics>> = lock(&self.nodes).values().cloned().collect();
-        render::render(self, &pools, &databases, &nodes)
+        let workers: Vec<Arc<WorkerMetrics>> = lock(&self.workers).values().cloned().collect();
+        render::render(self, &pools, &databases, &nodes, &workers)
     }
 }

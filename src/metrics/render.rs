@@ -5,7 +5,9 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use super::families::{ErrorClass, NodeRoleLabel, RouteReason, RouteTarget};
-use super::{DatabaseMetrics, Histogram, Metrics, NodeMetrics, PoolMetrics, BUCKETS};
+use super::{
+    DatabaseMetrics, Histogram, Metrics, NodeMetrics, PoolMetrics, WorkerMetrics, BUCKETS,
+};
 
 /// Escapes a label value: backslash, double quote and line feed.
 pub fn escape_label(value: &str) -> String {
@@ -286,6 +288,11 @@ fn render_global(out: &mut String, metrics: &Metrics, pools: &[Arc<PoolMetrics>]
             &global.auth_failures,
         ),
         (
+            "pgsluice_client_moves_total",
+            "Clients moved between worker threads by the balancer, at idle points.",
+            &global.client_moves,
+        ),
+        (
             "pgsluice_tls_handshakes_total",
             "Client TLS handshakes completed.",
             &global.tls_handshakes,
@@ -317,11 +324,37 @@ pub(super) fn render(
     pools: &[Arc<PoolMetrics>],
     databases: &[Arc<DatabaseMetrics>],
     nodes: &[Arc<NodeMetrics>],
+    workers: &[Arc<WorkerMetrics>],
 ) -> String {
     let mut out = String::with_capacity(16 << 10);
     render_global(&mut out, metrics, pools);
     render_pools(&mut out, pools);
     render_databases(&mut out, databases);
     render_nodes(&mut out, nodes);
+    render_workers(&mut out, workers);
     out
+}
+
+fn render_workers(out: &mut String, workers: &[Arc<WorkerMetrics>]) {
+    if workers.is_empty() {
+        return;
+    }
+    let name = "pgsluice_worker_clients";
+    family(out, name, "gauge", "Clients served by each worker thread.");
+    for worker in workers {
+        sample(out, name, &worker.labels, "", worker.clients.get());
+    }
+    let name = "pgsluice_worker_cpu_ratio";
+    family(
+        out,
+        name,
+        "gauge",
+        "Share of one core each worker thread used over the balancer's last interval.",
+    );
+    for worker in workers {
+        let cpu = worker.cpu.get();
+        if cpu >= 0.0 {
+            sample(out, name, &worker.labels, "", cpu);
+        }
+    }
 }

@@ -318,3 +318,24 @@ fn routes_answer_with_the_right_status() {
     assert_eq!(not_ready.status, 503);
     assert!(not_ready.body.contains("draining"));
 }
+
+#[test]
+fn workers_render_their_clients_and_measured_cpu_only() {
+    let metrics = Metrics::new();
+    assert!(!metrics.render().contains("pgsluice_worker_"));
+    metrics.worker(0).clients.set(3);
+    metrics.worker(1).clients.set(0);
+    metrics.worker(0).cpu.set(0.25);
+    metrics.global().client_moves.add(2);
+    let samples = parse_exposition(&metrics.render());
+    assert_eq!(
+        find(&samples, "pgsluice_worker_clients", &[("worker", "0")])[0].2,
+        3.0
+    );
+    assert_eq!(
+        find(&samples, "pgsluice_worker_cpu_ratio", &[("worker", "0")])[0].2,
+        0.25
+    );
+    assert!(find(&samples, "pgsluice_worker_cpu_ratio", &[("worker", "1")]).is_empty());
+    assert_eq!(find(&samples, "pgsluice_client_moves_total", &[])[0].2, 2.0);
+}

@@ -9,18 +9,21 @@ use tokio::io::AsyncWriteExt;
 use super::client::Session;
 use super::relay::RelayEnd;
 use super::{auth, ClientError, Shared};
-use crate::admin::{self, AdminError, ClientRegistry, ClientState, Control, View};
+use crate::admin::{self, AdminError, ClientRegistry, ClientState, Control, View, WorkerView};
 use crate::net::Stream;
+use crate::net::WorkerId;
 use crate::protocol::backend;
 use crate::protocol::Framer;
 
 impl admin::Sources for Shared {
     fn with_view<R>(&self, f: impl FnOnce(&View<'_>) -> R) -> R {
         let generation = self.generation.load();
+        let workers = self.workers();
         f(&View {
             config: &generation.config,
             pools: &generation.pools,
             topology: &generation.topology,
+            workers: &workers,
         })
     }
 
@@ -30,6 +33,23 @@ impl admin::Sources for Shared {
 
     fn control(&self) -> &Control {
         &self.control
+    }
+}
+
+impl Shared {
+    /// The worker threads as the placement sees them now.
+    fn workers(&self) -> Vec<WorkerView> {
+        let placement = &self.placement;
+        let preferred = placement.preferred();
+        (0..placement.len())
+            .map(WorkerId)
+            .map(|worker| WorkerView {
+                clients: placement.clients(worker),
+                cpu: placement.load(worker),
+                preferred: worker == preferred,
+                moves_asked: placement.moves_asked(worker),
+            })
+            .collect()
     }
 }
 

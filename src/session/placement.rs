@@ -2,7 +2,7 @@
 //! new clients go to, and the moves the app's balancer asks for, claimed by clients at their
 //! idle points (between transactions). Lock-free: a client's idle point costs one load.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::MovedClient;
@@ -13,7 +13,7 @@ use crate::net::WorkerId;
 pub type HandOff = Box<dyn Fn(MovedClient) -> Result<(), MovedClient> + Send + Sync>;
 
 /// Per-worker counts and requested moves.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct WorkerPlace {
     clients: AtomicUsize,
     /// Clients the balancer wants moved off this worker...
@@ -22,6 +22,23 @@ struct WorkerPlace {
     move_to: AtomicUsize,
     /// `moves_left > 0`, readable without touching the counter's cache line on every poll.
     moving: AtomicBool,
+    /// CPU use over the balancer's last interval, in thousandths of a core; `UNMEASURED` until
+    /// measured.
+    load_permille: AtomicU32,
+}
+
+const UNMEASURED: u32 = u32::MAX;
+
+impl Default for WorkerPlace {
+    fn default() -> WorkerPlace {
+        WorkerPlace {
+            clients: AtomicUsize::new(0),
+            moves_left: AtomicUsize::new(0),
+            move_to: AtomicUsize::new(0),
+            moving: AtomicBool::new(false),
+            load_permille: AtomicU32::new(UNMEASURED),
+        }
+    }
 }
 
 /// The placement of clients on worker threads.
@@ -118,6 +135,30 @@ impl Placement {
     pub fn clients(&self, worker: WorkerId) -> usize {
         self.place(worker)
             .map_or(0, |p| p.clients.load(Ordering::Relaxed))
+    }
+
+    /// Records `worker`'s CPU use over the last interval (in cores), for SHOW WORKERS.
+    pub fn set_load(&self, worker: WorkerId, cores: f64) {
+        if let Some(place) = self.place(worker) {
+            let permille = (cores * 1000.0)
+                .round()
+                .clamp(0.0, f64::from(UNMEASURED - 1));
+            place
+                .load_permille
+                .store(permille as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// `worker`'s CPU use over the balancer's last interval (in cores), once measured.
+    pub fn load(&self, worker: WorkerId) -> Option<f64> {
+        let permille = self.place(worker)?.load_permille.load(Ordering::Relaxed);
+        (permille != UNMEASURED).then(|| f64::from(permille) / 1000.0)
+    }
+
+    /// Clients the balancer asked to move off `worker` that have not moved yet.
+    pub fn moves_asked(&self, worker: WorkerId) -> usize {
+        self.place(worker)
+            .map_or(0, |p| p.moves_left.load(Ordering::Relaxed))
     }
 
     /// Asks `count` clients of `from` to move to `to` at their next idle point, replacing any
@@ -222,5 +263,19 @@ mod tests {
         assert_eq!(placement.preferred(), WorkerId(1));
         placement.set_preferred(WorkerId(5));
         assert_eq!(placement.preferred(), WorkerId(1));
+    }
+
+    #[test]
+    fn loads_are_unknown_until_measured_and_moves_asked_are_counted() {
+        let placement = Placement::new(2);
+        assert_eq!(placement.load(WorkerId(0)), None);
+        placement.set_load(WorkerId(0), 0.2504);
+        assert_eq!(placement.load(WorkerId(0)), Some(0.25));
+        placement.set_load(WorkerId(1), -1.0);
+        assert_eq!(placement.load(WorkerId(1)), Some(0.0));
+        placement.set_load(WorkerId(7), 1.0);
+        placement.request_moves(WorkerId(1), WorkerId(0), 3);
+        assert_eq!(placement.moves_asked(WorkerId(1)), 3);
+        assert_eq!(placement.moves_asked(WorkerId(0)), 0);
     }
 }
