@@ -245,6 +245,7 @@ fn dashboard_is_valid_json_using_exported_metrics() {
     let metrics = Metrics::new();
     metrics.pool("d", "u", "n");
     metrics.database("d");
+    metrics.worker(0).cpu.set(0.5);
     metrics.node("d", "n").set_state(
         true,
         pgsluice::metrics::NodeRoleLabel::Replica,
