@@ -80,17 +80,16 @@ fn cpu_ns(tid: u32) -> Option<u64> {
     stat.split_whitespace().next()?.parse().ok()
 }
 
-/// Runs the balancer until `stop` fires. Workers whose thread id or CPU time cannot be read
-/// (not Linux) leave it idle: new clients then go to the worker with the fewest clients.
+/// Runs the balancer until `stop` fires: publishes each worker's clients and CPU use every
+/// interval (also with one worker, or balancing off) and, with two workers or more, places
+/// clients. Workers whose thread id or CPU time cannot be read (not Linux) leave it idle: new
+/// clients then go to the worker with the fewest clients.
 pub async fn run(
     shared: Arc<Shared>,
     tids: Arc<Vec<std::sync::OnceLock<u32>>>,
     stop: CancellationToken,
 ) {
     let workers = shared.placement.len();
-    if workers < 2 {
-        return;
-    }
     let mut last: Option<(Instant, Vec<u64>)> = None;
     let mut published = Published::default();
     loop {
@@ -126,8 +125,8 @@ pub async fn run(
         };
         last = times.clone().map(|times| (now, times));
         published.publish(&shared, &clients, loads.as_deref());
-        if interval.is_zero() {
-            // Off: new clients go round robin (`Workers::dispatch`); nothing moves.
+        if interval.is_zero() || workers < 2 {
+            // Off (new clients go round robin, see `Workers::dispatch`), or nowhere to move.
             continue;
         }
         match (times, loads) {
