@@ -324,7 +324,13 @@ async fn shutdown_stops_accepting_clients() {
 
 #[tokio::test]
 async fn show_workers_lists_each_worker_thread() {
-    let limits = "limits: { worker_threads: 2, balance_interval: 100ms }";
+    show_workers_with(2).await;
+    show_workers_with(1).await;
+}
+
+/// SHOW WORKERS with `workers` worker threads, one application client and the console.
+async fn show_workers_with(workers: usize) {
+    let limits = format!("limits: {{ worker_threads: {workers}, balance_interval: 100ms }}");
     let proxy = start_proxy(&proxy_yaml("size: 2", &format!("{ADMIN_USERS}\n{limits}"))).await;
     let app = proxy.app_client().await;
     app.batch_execute("SELECT 1").await.unwrap();
@@ -350,7 +356,7 @@ async fn show_workers_lists_each_worker_thread() {
             "moves_asked"
         ]
     );
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), workers, "{rows:?}");
     // The application client and this console.
     let clients: u32 = rows
         .iter()
