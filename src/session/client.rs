@@ -16,7 +16,7 @@ use super::deadline::Timeouts;
 use super::exchange::Exchange;
 use super::relay::{self, Policy, RelayEnd, RelayMetrics};
 use super::transaction::ClientState;
-use super::{auth, params, pins, ClientError, Generation, Shared};
+use super::{auth, params, ClientError, Generation, Shared};
 use crate::admin::{ClientEntry, ClientState as Activity};
 use crate::config::PoolMode;
 use crate::metrics::{RouteReason, RouteTarget};
@@ -415,7 +415,6 @@ impl<'a> Session<'a> {
         let server_buf = conn.take_buffered();
         let policy = Policy {
             transaction_pooling: state.is_some(),
-            effects: pins::query_effects,
             retry_read_only: state.as_ref().is_some_and(|s| s.retry_read_only),
             log_queries: tracing::enabled!(tracing::Level::DEBUG),
         };

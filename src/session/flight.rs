@@ -175,7 +175,7 @@ pub(super) fn note_request(
     if !policy.transaction_pooling {
         return None;
     }
-    let effects = (policy.effects)(sql);
+    let effects = super::pins::query_effects(sql);
     if flight.pinned.is_none() {
         flight.pinned = effects.pin;
     }

@@ -23,7 +23,6 @@ use super::deadline::{Deadlines, Expired, Timeouts};
 use super::exchange::Exchange;
 pub use super::flight::RelayMetrics;
 use super::flight::{Flight, Source};
-use super::pins::QueryEffects;
 use super::pipe::Pipe;
 use super::retry::Hold;
 use crate::admin::ClientEntry;
@@ -62,9 +61,6 @@ pub enum RelayEnd {
 #[derive(Clone, Copy)]
 pub struct Policy {
     pub transaction_pooling: bool,
-    /// What a simple query does to session state: pins the client (and why), changes settings,
-    /// drops named statements.
-    pub effects: fn(&[u8]) -> QueryEffects,
     /// Hold the server's first messages until the client's only request is known not to have
     /// failed with 25006 (see [`super::retry`]); set only for replica-routed simple queries.
     pub retry_read_only: bool,
