@@ -29,6 +29,10 @@
 # for A/B comparisons of two builds in one run (e.g. -t "pgbouncer pgsluice pgsluice-b").
 # Env PGSLUICE_LIMITS / PGSLUICE_B_LIMITS add entries to the `limits` of pgsluice / pgsluice-b
 # (e.g. PGSLUICE_B_LIMITS="balance_interval: 0s" compares two settings with one binary).
+# Target "floor" (not in the default list) is benches/relay_floor.c, built with cc: a bare epoll
+# relay with one server connection per client and no parsing. Its CPU per 1000 transactions is the
+# least any user-space proxy spends here on socket reads, writes and waits; a proxy's CPU above it
+# is its own work (e.g. -t "pgbouncer pgsluice floor").
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Prints the CPU steal time during the runs (other guests on a shared host): a noisy run shows.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
@@ -107,6 +111,7 @@ chmod 0700 "$WORK"
 SLUICE_PID=""
 SLUICE_B_PID=""
 BOUNCER_PID=""
+FLOOR_PID=""
 PG_STARTED=0
 
 cleanup() {
@@ -114,6 +119,7 @@ cleanup() {
     [ -n "$SLUICE_PID" ] && kill "$SLUICE_PID" 2>/dev/null && wait "$SLUICE_PID" 2>/dev/null
     [ -n "$SLUICE_B_PID" ] && kill "$SLUICE_B_PID" 2>/dev/null && wait "$SLUICE_B_PID" 2>/dev/null
     [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
+    [ -n "$FLOOR_PID" ] && kill "$FLOOR_PID" 2>/dev/null && wait "$FLOOR_PID" 2>/dev/null
     [ "$PG_STARTED" -eq 1 ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1
     sleep 0.5
     if [ -n "${KEEP_WORK:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -176,6 +182,9 @@ if [ -n "$IDLE_CLIENTS" ]; then
     # Per process: the client script and each proxy hold one socket per client.
     ulimit -n $((IDLE_CLIENTS + 4096)) || die "cannot raise the open-file limit for $IDLE_CLIENTS clients"
 fi
+# The floor relay opens a server connection per client (its clients run between the others').
+FLOOR_CONNECTIONS=0
+wants floor && FLOOR_CONNECTIONS=$MAX_CLIENTS
 PG_PORT=$(free_port)
 log "starting Postgres on port $PG_PORT"
 "${AS_PG[@]}" "$PG_BIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
@@ -184,7 +193,7 @@ cat >>"$WORK/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$WORK'
-max_connections = $((MAX_CLIENTS + 2 * POOL_SIZE + 20))
+max_connections = $((MAX_CLIENTS + 3 * POOL_SIZE + 20 + FLOOR_CONNECTIONS))
 shared_buffers = 128MB
 fsync = off
 synchronous_commit = off
@@ -265,6 +274,17 @@ if wants pgsluice-b; then
     [ -x "${PGSLUICE_B_BIN:-}" ] || die "target pgsluice-b needs PGSLUICE_B_BIN"
     start_sluice pgsluice-b "$PGSLUICE_B_BIN"
     SLUICE_B_PID=$LAST_PID
+fi
+
+if wants floor; then
+    command -v cc >/dev/null || die "target floor needs a C compiler (package gcc)"
+    cc -O2 -o "$WORK/relay_floor" "$REPO/benches/relay_floor.c" || die "cannot build benches/relay_floor.c"
+    PORT[floor]=$(free_port)
+    log "starting floor (bare relay) on port ${PORT[floor]}"
+    "$WORK/relay_floor" "${PORT[floor]}" "$PG_PORT" >"$WORK/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    PID[floor]=$FLOOR_PID
+    wait_ready "${PORT[floor]}" floor "$FLOOR_PID"
 fi
 
 # ---------------------------------------------------------------- idle mode
