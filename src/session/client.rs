@@ -29,13 +29,22 @@ use crate::protocol::Framer;
 use crate::router::{self, Intent};
 use crate::server::ServerState;
 
-/// What a client's session did: ended (session pooling, console, errors), or logged in under
-/// transaction pooling, to be served transaction by transaction.
+/// How a client's login went: its session ended (console, errors), or it logged in under
+/// transaction pooling (to be served transaction by transaction) or session pooling (to be
+/// served by [`Session::session_relays`] from the client task's top, see
+/// `moving::SessionClient`: one future fewer to go through on every wake-up).
 pub(super) enum Served {
     Ended(RelayEnd),
     Pooled(Box<Greeted>),
-    /// A session-pooled client leaving for another worker at an idle point, with its server
-    /// connection and the client bytes already read.
+    /// A session-pooled client with its server connection and the client bytes already read.
+    Session(PooledServer, BytesMut),
+}
+
+/// How a session-pooled client's relays ended.
+pub(super) enum SessionEnd {
+    Ended(RelayEnd),
+    /// Leaving for another worker at an idle point, with its server connection and the client
+    /// bytes already read.
     Moved(WorkerId, PooledServer, BytesMut),
 }
 
@@ -114,8 +123,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Logs the client in and greets it; serves a session-pooled client (or a console one) until
-    /// it leaves, and hands a transaction-pooled one back greeted.
+    /// Logs the client in and greets it; serves a console client until it leaves, and hands a
+    /// pooled one back greeted (a session-pooled one with its server connection).
     pub async fn serve(
         &self,
         stream: &mut Stream,
@@ -139,8 +148,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Session pooling: one server connection for the whole session, reset and returned at its
-    /// end (or when the proxy drains, at the client's next idle point).
+    /// Session pooling: takes the one server connection for the whole session (relayed by
+    /// [`Session::session_relays`]).
     async fn session_pooled(
         &self,
         stream: &mut Stream,
@@ -165,32 +174,33 @@ impl<'a> Session<'a> {
                 checkout.await?
             }
         };
-        self.session_relays(stream, buf, server).await
+        Ok(Served::Session(server, buf))
     }
 
     /// Relays a session-pooled client's session on `server` until it ends (then releases the
-    /// connection with the reset), or until, at an idle point, it takes a move to another worker
-    /// that the balancer asked of this one (then hands everything back to move).
+    /// connection with the reset, at the end or when the proxy drains, at the client's next idle
+    /// point), or until, at an idle point, it takes a move to another worker that the balancer
+    /// asked of this one (then hands everything back to move). Not boxed inside: the client
+    /// task boxes this future whole.
     pub async fn session_relays(
         &self,
         stream: &mut Stream,
         mut buf: BytesMut,
         mut server: PooledServer,
-    ) -> Result<Served, ClientError> {
+    ) -> Result<SessionEnd, ClientError> {
         let placement = &self.shared.placement;
         let end = loop {
             let exit = relay::IdleExit {
                 draining: &self.shared.drain_started,
                 moving: placement.moving_flag(self.worker),
             };
-            let relay = Box::pin(self.relay(stream, buf, &mut server, None, Some(exit)));
-            let (end, rest) = relay.await;
+            let (end, rest) = self.relay(stream, buf, &mut server, None, Some(exit)).await;
             let draining = self.shared.drain_started.load(Ordering::Acquire);
             if !matches!(end, Ok(RelayEnd::TransactionDone)) || draining {
                 break end;
             }
             if let Some(target) = placement.claim_move(self.worker) {
-                return Ok(Served::Moved(target, server, rest));
+                return Ok(SessionEnd::Moved(target, server, rest));
             }
             // Another client took the last move asked for: go on here.
             buf = rest;
@@ -200,7 +210,7 @@ impl<'a> Session<'a> {
         match end {
             // Session pooling ends at an idle point only when the proxy drains.
             Ok(RelayEnd::TransactionDone) => Err(ClientError::ShuttingDown),
-            other => other.map(Served::Ended),
+            other => other.map(SessionEnd::Ended),
         }
     }
 

@@ -1,13 +1,14 @@
 //! Clients moving between worker threads at idle points: what travels (a transaction-pooled
 //! client whole; a session-pooled one with its server connection), how it is counted on its
-//! worker, and how it resumes on the target (sockets re-registered there).
+//! worker, and how it resumes on the target (sockets re-registered there). A session-pooled
+//! client is served as a [`SessionClient`] from its first relay, moved or not.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::client::{Served, Session};
+use super::client::{Session, SessionEnd};
 use super::task::{finish, Client, Registration, Tenancy};
 use super::{ClientError, Shared};
 use crate::net::{Stream, WorkerId};
@@ -124,7 +125,8 @@ impl MovedClient {
     }
 }
 
-/// A session-pooled client between two relays of its session, moving to another worker.
+/// A session-pooled client with its server connection, served on its worker (see
+/// [`SessionClient::relays`]) or moving to another one between two relays of its session.
 pub(super) struct SessionClient {
     pub(super) tenancy: Tenancy,
     pub(super) placed: Placed,
@@ -139,29 +141,43 @@ pub(super) struct SessionClient {
 impl SessionClient {
     /// Re-registers both sockets with the runtime of `target` (the one this runs on) and serves
     /// the rest of the session there, until it ends or moves again.
-    async fn resume(self: Box<Self>, target: WorkerId) -> Option<MovedClient> {
-        let SessionClient {
-            tenancy,
-            mut placed,
-            registration,
-            mut stream,
-            mut server,
-            buf,
-        } = *self;
-        placed.move_to(target);
-        let entry = registration.entry.clone()?;
-        if let Err(e) = stream.rebind().and_then(|()| server.conn().move_to(target)) {
-            finish(&tenancy, &entry, &mut stream, Err(ClientError::Io(e))).await;
+    async fn resume(mut self: Box<Self>, target: WorkerId) -> Option<MovedClient> {
+        self.placed.move_to(target);
+        let rebound = self.stream.rebind();
+        if let Err(e) = rebound.and_then(|()| self.server.conn().move_to(target)) {
+            let entry = self.registration.entry.clone()?;
+            finish(
+                &self.tenancy,
+                &entry,
+                &mut self.stream,
+                Err(ClientError::Io(e)),
+            )
+            .await;
             return None;
         }
+        self.relays().await
+    }
+
+    /// Serves the session on the worker it is placed on until it ends, or until it takes a move
+    /// (then returns itself to be handed over). The client task boxes this future: the relay
+    /// inside is polled through no other box.
+    pub(super) async fn relays(self: Box<Self>) -> Option<MovedClient> {
+        let SessionClient {
+            tenancy,
+            placed,
+            registration,
+            mut stream,
+            server,
+            buf,
+        } = *self;
+        let entry = registration.entry.clone()?;
         let served = {
             let generation = tenancy.generation.clone();
-            let session = Session::new(&tenancy.shared, &generation, &entry, target);
-            let relays = Box::pin(session.session_relays(&mut stream, buf, server));
-            relays.await
+            let session = Session::new(&tenancy.shared, &generation, &entry, placed.worker);
+            session.session_relays(&mut stream, buf, server).await
         };
         let end = match served {
-            Ok(Served::Moved(next, server, buf)) => {
+            Ok(SessionEnd::Moved(next, server, buf)) => {
                 let session = SessionClient {
                     tenancy,
                     placed,
@@ -172,8 +188,7 @@ impl SessionClient {
                 };
                 return Some(MovedClient::session(next, session));
             }
-            Ok(Served::Ended(end)) => Ok(end),
-            Ok(Served::Pooled(_)) => Ok(super::relay::RelayEnd::ClientGone),
+            Ok(SessionEnd::Ended(end)) => Ok(end),
             Err(e) => Err(e),
         };
         finish(&tenancy, &entry, &mut stream, end).await;

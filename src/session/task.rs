@@ -122,12 +122,26 @@ pub fn run_client(
     let placed = Placed::new(shared.clone(), worker);
     // The arguments go into the box at once: an async fn would keep room for them for good.
     let start = Box::pin(start(shared, tcp, peer, placed));
-    // The client is served inline (not through `Client::serve`), and `start.await` is not
-    // matched in here (the matched value would be kept across the awaits below): the task's
-    // future then holds one `Client`, not two.
+    // The client is served inline (not through `Client::serve`), and the value `start.await`
+    // gives lives in a block of its own (a local is kept across every await to the end of its
+    // scope, moved out or not): the task's future then holds one `Client`, not two.
     async move {
-        let Some(mut client) = Started::serve_here(start.await) else {
-            return;
+        let mut client = {
+            let Some(started) = start.await else {
+                return;
+            };
+            match started {
+                Started::Transactions(client) => *client,
+                Started::Session(session) => {
+                    // Boxed: the task's future keeps a pointer for it, and the relay inside is
+                    // polled through this one box only.
+                    let relays = Box::pin(session.relays());
+                    if let Some(moved) = relays.await {
+                        moved.hand_over();
+                    }
+                    return;
+                }
+            }
         };
         let end = match client.transactions().await {
             Exit::Move(target) => return MovedClient::transactions(target, client).hand_over(),
@@ -140,23 +154,11 @@ pub fn run_client(
 
 /// How a client's start ended when it did not end the session.
 enum Started {
-    /// A transaction-pooled client, ready for its first transaction.
-    Transactions(Client),
-    /// A session-pooled client leaving for another worker.
-    Moved(MovedClient),
-}
-
-impl Started {
-    /// The transaction-pooled client to serve here, if any; a moving one is handed over.
-    fn serve_here(started: Option<Started>) -> Option<Client> {
-        match started? {
-            Started::Transactions(client) => Some(client),
-            Started::Moved(moved) => {
-                moved.hand_over();
-                None
-            }
-        }
-    }
+    /// A transaction-pooled client, ready for its first transaction (boxed: what `start`
+    /// returns is kept in the task's future while a session-pooled client is served).
+    Transactions(Box<Client>),
+    /// A session-pooled client with its server connection, ready to relay.
+    Session(Box<SessionClient>),
 }
 
 /// Why a transaction-pooled client stopped serving on this worker.
@@ -165,8 +167,9 @@ enum Exit {
     Move(WorkerId),
 }
 
-/// Startup, login and greeting; serves session-pooled and console clients to their end. Returns
-/// the transaction-pooled client ready for its first transaction.
+/// Startup, login and greeting; serves console clients to their end. Returns the pooled client
+/// ready to be served: transaction by transaction, or a session-pooled one on its server
+/// connection.
 async fn start(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -225,7 +228,7 @@ async fn start(
     };
     let greeted = match served {
         Ok(Served::Pooled(greeted)) => greeted,
-        Ok(Served::Moved(target, server, buf)) => {
+        Ok(Served::Session(server, buf)) => {
             let session = SessionClient {
                 tenancy,
                 placed,
@@ -234,7 +237,7 @@ async fn start(
                 server,
                 buf,
             };
-            return Some(Started::Moved(MovedClient::session(target, session)));
+            return Some(Started::Session(Box::new(session)));
         }
         Ok(Served::Ended(end)) => {
             finish(&tenancy, &entry, &mut stream, Ok(end)).await;
@@ -257,7 +260,7 @@ async fn start(
     let routing = ClientRouting::new(&generation, entry.database(), entry.user()).map(Box::new);
     registration.entry = None;
     placed.into_client();
-    Some(Started::Transactions(Client {
+    Some(Started::Transactions(Box::new(Client {
         close_when_drained: !tenancy.shared.drain_started.load(Ordering::Acquire),
         tenancy,
         entry,
@@ -268,7 +271,7 @@ async fn start(
         state: ClientState::with_settings(settings),
         routing,
         retrying: false,
-    }))
+    })))
 }
 
 impl Drop for Client {
