@@ -81,7 +81,7 @@ pub fn format(bytes: usize) -> String {
     }
     for (unit, shift) in [("TiB", 40u32), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         let size = 1u128 << shift;
-        if (bytes as u128) % size == 0 {
+        if (bytes as u128).is_multiple_of(size) {
             return format!("{}{}", bytes as u128 / size, unit);
         }
     }

@@ -79,7 +79,7 @@ pub fn format(duration: Duration) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if millis % size == 0 {
+        if millis.is_multiple_of(size) {
             return format!("{}{}", millis / size, unit);
         }
     }
