@@ -22,6 +22,9 @@ pub(super) struct Published {
     handle: TopologyHandle,
     state: Mutex<DatabaseHealth>,
     on_down: OnDown,
+    /// Notified each time a check stores a new snapshot: the only time a node's role or health
+    /// changes, so a replay poller waits on it while its node is no usable replica.
+    changed: tokio::sync::Notify,
 }
 
 impl Published {
@@ -36,6 +39,7 @@ impl Published {
             handle,
             state: Mutex::new(state),
             on_down,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -44,15 +48,19 @@ impl Published {
     /// (so snapshots are stored in the order they were made, never an older over a newer one),
     /// not to log.
     fn record(&self, node: NodeId, result: &Result<Observation, HealthError>, took: Duration) {
-        let (changes, snapshot) = {
+        let (changes, snapshot, stored) = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let changes = state.record(node, result.as_ref().ok().copied(), took);
             let snapshot = state.snapshot();
-            if **self.handle.load() != snapshot {
+            let stored = **self.handle.load() != snapshot;
+            if stored {
                 self.handle.store(Arc::new(snapshot.clone()));
             }
-            (changes, snapshot)
+            (changes, snapshot, stored)
         };
+        if stored {
+            self.changed.notify_waiters();
+        }
         for (id, change) in changes {
             let name = snapshot.node(id).map_or("?", |n| n.name.as_str());
             self.log(name, change, result);
@@ -76,6 +84,13 @@ impl Published {
         if state.record_replay(node, replayed) {
             self.handle.store(Arc::new(state.snapshot()));
         }
+    }
+
+    /// Resolves at the next snapshot a check stores (see the `changed` field's doc).
+    /// Enable it (`Notified::enable`) before looking at the current snapshot, so that a change in
+    /// between is not missed.
+    pub(super) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// The database's name, for logs.

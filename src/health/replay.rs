@@ -2,9 +2,10 @@
 //! topology shows the node as a usable replica, asks it for [`REPLAY_SQL`] every
 //! `health.lsn_interval` on a dedicated server connection and publishes the position, so a
 //! client's reads return to a replica within milliseconds of its write rather than a health
-//! interval later. It decides nothing else: health, role, lag and freshness stay the checks'. A
-//! failing poll drops the connection, backs off and logs (rate-limited); it never marks a node
-//! down.
+//! interval later. Otherwise (a primary, a down node) it sleeps until a check stores a new
+//! snapshot, so a primary costs no wake-ups between checks. It decides nothing else: health,
+//! role, lag and freshness stay the checks'. A failing poll drops the connection, backs off and
+//! logs (rate-limited); it never marks a node down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,19 @@ impl ReplayPoller {
                     open.close().await;
                 }
                 failures = 0;
-                next = started + self.interval;
+                // Roles and health change only when a check stores a snapshot (every
+                // `health.interval` at most): wait for one instead of waking every
+                // `lsn_interval`, many times a second, to look again.
+                let changed = self.published.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if !self.is_usable_replica() {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = changed => {}
+                    }
+                }
+                next = Instant::now();
                 continue;
             }
             let result = tokio::select! {
