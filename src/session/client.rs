@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::deadline::Timeouts;
 use super::exchange::Exchange;
-use super::relay::{self, Policy, RelayEnd, RelayMetrics};
+use super::relay::{self, Policy, Relay, RelayEnd, RelayMetrics, RelayOutcome};
 use super::transaction::ClientState;
 use super::{auth, params, ClientError, Generation, Shared};
 use crate::admin::{ClientEntry, ClientState as Activity};
@@ -194,7 +194,12 @@ impl<'a> Session<'a> {
                 draining: &self.shared.drain_started,
                 moving: placement.moving_flag(self.worker),
             };
-            let (end, rest) = self.relay(stream, buf, &mut server, None, Some(exit)).await;
+            // The relay is awaited right here, not through `Session::relay`: one future layer
+            // fewer on every wake-up of the session.
+            let mut relay = self.start_relay(stream, buf, &mut server, None, Some(exit));
+            let end = (&mut relay).await;
+            let outcome = relay.finish(end).await;
+            let (end, rest) = self.end_relay(&mut server, None, outcome).await;
             let draining = self.shared.drain_started.load(Ordering::Acquire);
             if !matches!(end, Ok(RelayEnd::TransactionDone)) || draining {
                 break end;
@@ -398,7 +403,6 @@ impl<'a> Session<'a> {
 
     /// Relays until the session (or, with `transaction_pooling`, the transaction) ends; records what
     /// the relay saw on the server connection. Returns the client bytes not yet forwarded.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay(
         &self,
         stream: &mut Stream,
@@ -407,6 +411,22 @@ impl<'a> Session<'a> {
         mut state: Option<&mut ClientState>,
         drain: Option<relay::IdleExit<'a>>,
     ) -> (Result<RelayEnd, ClientError>, BytesMut) {
+        let mut relay = self.start_relay(stream, buf, server, state.as_deref_mut(), drain);
+        let end = (&mut relay).await;
+        let outcome = relay.finish(end).await;
+        self.end_relay(server, state, outcome).await
+    }
+
+    /// The relay of [`Session::relay`], to await in place (see [`Relay::new`]), then finish and
+    /// hand to [`Session::end_relay`]. Sets the client's cancel target to `server`.
+    pub(super) fn start_relay<'r>(
+        &'r self,
+        stream: &'r mut Stream,
+        buf: BytesMut,
+        server: &'r mut PooledServer,
+        state: Option<&'r mut ClientState>,
+        drain: Option<relay::IdleExit<'r>>,
+    ) -> Relay<'r, 'r, 'r> {
         let target = CancelTarget {
             pool: server.pool().clone(),
             server_key: server.conn().backend_key(),
@@ -430,7 +450,7 @@ impl<'a> Session<'a> {
         };
         let (server_stream, prepared) = conn.parts_mut();
         prepared.set_capacity(capacity);
-        let exchange = state.as_deref_mut().map(|state| Exchange {
+        let exchange = state.map(|state| Exchange {
             cache: &self.shared.statements,
             client: &mut state.statements,
             server: prepared,
@@ -439,7 +459,7 @@ impl<'a> Session<'a> {
             pinned: None,
             metrics: metrics.pool,
         });
-        let outcome = relay::relay(
+        Relay::new(
             stream,
             buf,
             server_stream,
@@ -452,7 +472,18 @@ impl<'a> Session<'a> {
             drain,
             timeouts,
         )
-        .await;
+    }
+
+    /// Records what a finished relay saw on `server` (and, under transaction pooling, in
+    /// `state`), and clears the client's cancel target. Returns how the relay ended for the
+    /// client, and the client bytes not yet forwarded.
+    pub(super) async fn end_relay(
+        &self,
+        server: &mut PooledServer,
+        state: Option<&mut ClientState>,
+        outcome: RelayOutcome,
+    ) -> (Result<RelayEnd, ClientError>, BytesMut) {
+        let (_, conn) = server.parts();
         self.client.set_cancel_target(None);
         if let (Some(state), RelayEnd::TransactionDone) = (state, &outcome.end) {
             self.after_transaction(conn, state, &outcome).await;

@@ -99,7 +99,7 @@ pub struct RelayOutcome {
 }
 
 /// Both directions of one client/server pair.
-struct Relay<'a, 's, 'e> {
+pub(super) struct Relay<'a, 's, 'e> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     upstream: Pipe,
@@ -137,24 +137,20 @@ impl Future for Relay<'_, '_, '_> {
         }
         let policy = this.policy;
         loop {
-            let client = Pin::new(&mut *this.client);
-            let server = Pin::new(&mut *this.server);
             if let Poll::Ready(end) = this.upstream.poll_pump(
                 cx,
-                client,
-                server,
+                this.client,
+                this.server,
                 &mut this.flight,
                 policy,
                 &mut this.exchange,
             ) {
                 return Poll::Ready(end);
             }
-            let client = Pin::new(&mut *this.client);
-            let server = Pin::new(&mut *this.server);
             match this.downstream.poll_pump(
                 cx,
-                server,
-                client,
+                this.server,
+                this.client,
                 &mut this.flight,
                 policy,
                 &mut this.exchange,
@@ -232,86 +228,96 @@ impl IdleExit<'_> {
     }
 }
 
-/// Relays until either side ends or the client's entry `stop`s (KILL, shutdown). `client_buf` holds client
-/// bytes already read; `server_buf` server bytes already read. `exchange` renames named prepared
-/// statements (transaction pooling). `timeouts` are enforced while relaying. With `drain`, the
-/// proxy's drain flag (session pooling; the registry wakes every client when it is set), a relay that sees the proxy draining ends with `TransactionDone` at the
-/// client's next idle point, so no transaction is cut.
-#[allow(clippy::too_many_arguments)]
-pub async fn relay<'s>(
-    client: &mut Stream,
-    client_buf: BytesMut,
-    server: &mut Stream,
-    server_buf: BytesMut,
-    max_message_size: usize,
-    policy: Policy,
-    exchange: Option<Exchange<'_>>,
-    metrics: RelayMetrics<'_>,
-    stop: &'s ClientEntry,
-    drain: Option<IdleExit<'s>>,
-    timeouts: Timeouts,
-) -> RelayOutcome {
-    let draining = drain.is_some_and(|exit| exit.raised());
-    let deadlines = Deadlines::new(timeouts);
-    let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
-    if policy.retry_read_only {
-        downstream.hold = Some(Hold::default());
+impl<'a, 's, 'e> Relay<'a, 's, 'e> {
+    /// A relay between `client` and `server` until either side ends or the client's entry
+    /// `stop`s (KILL, shutdown); await it (`&mut relay`), then [`Relay::finish`] it.
+    /// `client_buf` holds client bytes already read; `server_buf` server bytes already read.
+    /// `exchange` renames named prepared statements (transaction pooling). `timeouts` are
+    /// enforced while relaying. With `drain`, the proxy's drain flag (session pooling; the
+    /// registry wakes every client when it is set), a relay that sees the proxy draining ends
+    /// with `TransactionDone` at the client's next idle point, so no transaction is cut.
+    /// Built, awaited and finished by the caller itself, so that each wake-up polls the relay
+    /// through no future layer of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        client: &'a mut Stream,
+        client_buf: BytesMut,
+        server: &'a mut Stream,
+        server_buf: BytesMut,
+        max_message_size: usize,
+        policy: Policy,
+        exchange: Option<Exchange<'e>>,
+        metrics: RelayMetrics<'a>,
+        stop: &'s ClientEntry,
+        drain: Option<IdleExit<'s>>,
+        timeouts: Timeouts,
+    ) -> Self {
+        let draining = drain.is_some_and(|exit| exit.raised());
+        let deadlines = Deadlines::new(timeouts);
+        let mut downstream = Pipe::new(Source::Server, server_buf, usize::MAX);
+        if policy.retry_read_only {
+            downstream.hold = Some(Hold::default());
+        }
+        Relay {
+            client,
+            server,
+            upstream: Pipe::new(Source::Client, client_buf, max_message_size),
+            downstream,
+            flight: Flight {
+                pending: 0,
+                status: TransactionStatus::Idle,
+                parameters: Vec::new(),
+                unsynced: false,
+                pinned: None,
+                settings_changed: false,
+                statements_dropped: false,
+                metrics,
+                query_start: None,
+                transaction_start: None,
+                bytes_to_server: 0,
+                bytes_to_client: 0,
+                since: deadlines.as_ref().map(|_| Instant::now()),
+                client_messages: 0,
+                draining,
+            },
+            policy,
+            exchange,
+            stop,
+            stop_registered: None,
+            drain,
+            deadlines,
+        }
     }
-    let mut relay = Relay {
-        client,
-        server,
-        upstream: Pipe::new(Source::Client, client_buf, max_message_size),
-        downstream,
-        flight: Flight {
-            pending: 0,
-            status: TransactionStatus::Idle,
-            parameters: Vec::new(),
-            unsynced: false,
-            pinned: None,
-            settings_changed: false,
-            statements_dropped: false,
-            metrics,
-            query_start: None,
-            transaction_start: None,
-            bytes_to_server: 0,
-            bytes_to_client: 0,
-            since: deadlines.as_ref().map(|_| Instant::now()),
-            client_messages: 0,
-            draining,
-        },
-        policy,
-        exchange,
-        stop,
-        stop_registered: None,
-        drain,
-        deadlines,
-    };
-    let end = (&mut relay).await;
-    relay.flight.flush_bytes();
-    if let Some(deadlines) = relay.deadlines.as_mut() {
-        deadlines.finish().await;
-    }
-    let owed = relay
-        .exchange
-        .as_ref()
-        .is_some_and(|e| !e.expected.is_empty());
-    let busy =
-        relay.flight.pending != 0 || owed || relay.upstream.torn() || relay.downstream.torn();
-    let server_state = match (busy, relay.flight.status) {
-        (true, _) => ServerState::Busy,
-        (false, TransactionStatus::Idle) => ServerState::Idle,
-        (false, TransactionStatus::InTransaction) => ServerState::InTransaction,
-        (false, TransactionStatus::Failed) => ServerState::FailedTransaction,
-    };
-    RelayOutcome {
-        end,
-        server_state,
-        parameters: relay.flight.parameters,
-        client_buf: relay.upstream.buf,
-        server_buf: relay.downstream.buf,
-        pinned: relay.flight.pinned,
-        settings_changed: relay.flight.settings_changed
-            || relay.exchange.as_ref().is_some_and(|e| e.settings_changed),
-        statements_dropped: relay.flight.statements_dropped,
+
+    /// What the relay observed, once it ended with `end`: waits for a query-timeout cancel still
+    /// on its way, so it can never hit the connection's next user.
+    pub(super) async fn finish(mut self, end: RelayEnd) -> RelayOutcome {
+        self.flight.flush_bytes();
+        if let Some(deadlines) = self.deadlines.as_mut() {
+            deadlines.finish().await;
+        }
+        let owed = self
+            .exchange
+            .as_ref()
+            .is_some_and(|e| !e.expected.is_empty());
+        let busy =
+            self.flight.pending != 0 || owed || self.upstream.torn() || self.downstream.torn();
+        let server_state = match (busy, self.flight.status) {
+            (true, _) => ServerState::Busy,
+            (false, TransactionStatus::Idle) => ServerState::Idle,
+            (false, TransactionStatus::InTransaction) => ServerState::InTransaction,
+            (false, TransactionStatus::Failed) => ServerState::FailedTransaction,
+        };
+        RelayOutcome {
+            end,
+            server_state,
+            settings_changed: self.flight.settings_changed
+                || self.exchange.as_ref().is_some_and(|e| e.settings_changed),
+            parameters: self.flight.parameters,
+            client_buf: self.upstream.buf,
+            server_buf: self.downstream.buf,
+            pinned: self.flight.pinned,
+            statements_dropped: self.flight.statements_dropped,
+        }
     }
 }
