@@ -7,7 +7,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A TCP socket that can be re-registered with the reactor of the runtime it is used on.
@@ -148,6 +149,67 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Reads what the socket has into `buf`'s spare capacity, like `tokio_util::io::poll_read_buf`
+    /// (0 = end of stream), for a caller that polls several sockets at each wake-up of its task,
+    /// as a relay does. On plain TCP it registers the task's waker with the reactor only when the
+    /// socket may have lost it: `armed`, kept by the caller (false at first, and whenever its task
+    /// may have changed), remembers that a waker was registered and no readiness was seen since,
+    /// so a wake-up by one socket re-registers that socket only, not every socket polled.
+    /// What must hold: the same task polls this stream's reads for as long as `armed` is kept.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        armed: &mut bool,
+    ) -> Poll<io::Result<usize>> {
+        let tcp = match self {
+            Stream::Plain(Tcp(Some(tcp))) => &*tcp,
+            other => {
+                *armed = false;
+                return tokio_util::io::poll_read_buf(Pin::new(other), cx, buf);
+            }
+        };
+        if buf.capacity() == buf.len() {
+            buf.reserve(1);
+        }
+        loop {
+            let spare = buf.capacity() - buf.len();
+            let (mut tried, mut got) = (false, None);
+            let read = tcp.try_io(Interest::READABLE, || {
+                tried = true;
+                let n = tcp.try_read_buf(buf)?;
+                got = Some(n);
+                // A short read drained the socket: report it as would-block so that the reactor
+                // forgets the readiness, as `poll_read` does, and no read is tried in vain.
+                if n > 0 && n < spare {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            if tried {
+                // Readiness was seen: the reactor may have taken the waker to wake us.
+                *armed = false;
+            }
+            match (read, got) {
+                (Ok(n), _) | (Err(_), Some(n)) => return Poll::Ready(Ok(n)),
+                (Err(e), None) if e.kind() != io::ErrorKind::WouldBlock => {
+                    return Poll::Ready(Err(e))
+                }
+                (Err(_), None) if *armed => return Poll::Pending,
+                (Err(_), None) => match tcp.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        *armed = true;
+                        return Poll::Pending;
+                    }
+                },
+            }
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -209,5 +271,90 @@ impl AsyncWrite for Stream {
             Stream::TlsAccepted(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsConnected(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(AtomicUsize);
+
+    impl Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn pair() -> (Stream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (ours, _) = listener.accept().await.expect("accept");
+        (Stream::plain(ours), peer)
+    }
+
+    /// Waits until `counter` was woken `n` times in all (the reactor runs on this runtime).
+    async fn woken(counter: &Counter, n: usize) {
+        for _ in 0..500 {
+            if counter.0.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("not woken {n} times");
+    }
+
+    #[tokio::test]
+    async fn an_armed_read_registers_once_and_is_still_woken() {
+        let (mut stream, mut peer) = pair().await;
+        let counter = Arc::new(Counter::default());
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = BytesMut::with_capacity(64);
+        let mut armed = false;
+
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        assert!(armed, "registered at the first would-block");
+        // Polled again while armed: no new registration is needed, and none is lost.
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        peer.write_all(b"hello").await.expect("write");
+        woken(&counter, 1).await;
+        match stream.poll_recv(&mut cx, &mut buf, &mut armed) {
+            Poll::Ready(Ok(5)) => {}
+            other => panic!("expected 5 bytes, got {other:?}"),
+        }
+        assert!(!armed, "readiness seen: the reactor took the waker");
+        assert_eq!(&buf[..], b"hello");
+
+        // The short read cleared the readiness: the next poll registers without a read.
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        assert!(armed);
+        peer.write_all(b"again").await.expect("write");
+        woken(&counter, 2).await;
+        assert!(matches!(
+            stream.poll_recv(&mut cx, &mut buf, &mut armed),
+            Poll::Ready(Ok(5))
+        ));
+
+        // The peer closing wakes an armed read too, which then sees the end of the stream.
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        drop(peer);
+        woken(&counter, 3).await;
+        assert!(matches!(
+            stream.poll_recv(&mut cx, &mut buf, &mut armed),
+            Poll::Ready(Ok(0))
+        ));
     }
 }

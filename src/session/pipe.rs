@@ -6,13 +6,13 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::io::poll_read_buf;
+use tokio::io::AsyncWrite;
 
 use super::exchange::{Exchange, Expect, Response};
 use super::flight::{note_request, observe, Flight, Source, StatementDrop};
 use super::relay::{Policy, RelayEnd};
 use super::retry::{Hold, HoldStep};
+use crate::net::Stream;
 use crate::protocol::frame::{Passthrough, Step};
 use crate::protocol::ProtocolError;
 
@@ -41,6 +41,9 @@ pub(super) struct Pipe {
     pub(super) stop: Option<RelayEnd>,
     /// Written bytes that may still sit in a TLS buffer.
     need_flush: bool,
+    /// The source's reads have a waker registered and saw no readiness since (see
+    /// [`Stream::poll_recv`]); false at first.
+    armed: bool,
     read_size: usize,
     max_message_size: usize,
     /// Server messages held back for a possible 25006 retry (`Policy::retry_read_only`).
@@ -61,6 +64,7 @@ impl Pipe {
             out: BytesMut::new(),
             stop: None,
             need_flush: false,
+            armed: false,
             read_size,
             max_message_size,
             hold: None,
@@ -111,22 +115,18 @@ impl Pipe {
     }
 
     /// Moves data from `src` to `dst` until one of them would block (Pending) or the direction ends.
-    pub(super) fn poll_pump<R, W>(
+    pub(super) fn poll_pump(
         &mut self,
         cx: &mut Context<'_>,
-        mut src: Pin<&mut R>,
-        mut dst: Pin<&mut W>,
+        src: &mut Stream,
+        dst: &mut Stream,
         flight: &mut Flight<'_>,
         policy: Policy,
         exchange: &mut Option<Exchange<'_>>,
-    ) -> Poll<RelayEnd>
-    where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
-    {
+    ) -> Poll<RelayEnd> {
         loop {
             while !self.out.is_empty() {
-                match ready!(dst.as_mut().poll_write(cx, &self.out)) {
+                match ready!(Pin::new(&mut *dst).poll_write(cx, &self.out)) {
                     Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
                     Ok(n) => {
                         self.out.advance(n);
@@ -136,7 +136,7 @@ impl Pipe {
                 }
             }
             while self.ready > 0 {
-                match ready!(dst.as_mut().poll_write(cx, &self.buf[..self.ready])) {
+                match ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[..self.ready])) {
                     Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
                     Ok(n) => {
                         self.buf.advance(n);
@@ -148,7 +148,7 @@ impl Pipe {
             }
             if let Some(end) = self.stop.take() {
                 if self.need_flush {
-                    if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                    if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
                         return Poll::Ready(self.peer_gone());
                     }
                     self.need_flush = false;
@@ -164,12 +164,12 @@ impl Pipe {
             if self.buf.capacity() - self.buf.len() < self.min_spare() {
                 self.buf.reserve(self.read_size);
             }
-            match poll_read_buf(src.as_mut(), cx, &mut self.buf) {
+            match src.poll_recv(cx, &mut self.buf, &mut self.armed) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(self.gone()),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => {
                     if self.need_flush {
-                        if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                        if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
                             return Poll::Ready(self.peer_gone());
                         }
                         self.need_flush = false;
