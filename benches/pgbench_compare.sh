@@ -2,7 +2,10 @@
 # Compares the same pgbench workload run directly against Postgres, through PgBouncer and through
 # pgsluice, interleaved round-robin so machine noise hits all three alike. Prints, per client count,
 # the median TPS of each target, its ratio to direct, and each proxy's CPU seconds per 1000
-# transactions (utime+stime of the proxy process from /proc/<pid>/stat around each run).
+# transactions (utime+stime of the proxy process from /proc/<pid>/stat around each run). With
+# PgBouncer among the targets, it then pairs each other proxy with PgBouncer round by round and
+# prints the median and range of those ratios, which a slow drift of the machine's speed (other
+# guests' CPU steal) moves less than the medians above.
 #
 # Starts its own throwaway Postgres (initdb; as the OS user postgres when run as root), PgBouncer
 # (unprivileged, generated ini) and pgsluice (release build, generated YAML) on free loopback ports,
@@ -330,7 +333,8 @@ fi
 # ---------------------------------------------------------------- runs
 # cpu_times: the aggregate "cpu" line of /proc/stat (all CPU time, then steal, in ticks).
 cpu_times() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
-declare -A TPS=() CPU=()
+# ROUND_TPS and ROUND_CPU (per target, client count and round) are read through `pairs`.
+declare -A TPS=() CPU=() ROUND_TPS=() ROUND_CPU=()
 RUN=0
 read -r TOTAL0 STEAL0 < <(cpu_times)
 for clients in $CLIENTS; do
@@ -357,10 +361,15 @@ for clients in $CLIENTS; do
                 continue
             fi
             TPS[$target,$clients]+="$tps "
+            # shellcheck disable=SC2034 # read through a nameref in `pairs`
+            ROUND_TPS[$target,$clients,$round]=$tps
             if [ -n "${PID[$target]:-}" ] && [ "$txs" -gt 0 ]; then
                 after=$(cpu_ticks "${PID[$target]}")
-                CPU[$target,$clients]+="$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txs" \
-                    'BEGIN { printf "%.4f", t / hz / n * 1000 }') "
+                cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txs" \
+                    'BEGIN { printf "%.6f", t / hz / n * 1000 }')
+                CPU[$target,$clients]+="$cpu "
+                # shellcheck disable=SC2034 # read through a nameref in `pairs`
+                ROUND_CPU[$target,$clients,$round]=$cpu
             fi
         done
     done
@@ -387,3 +396,33 @@ for clients in $CLIENTS; do
         printf '%-8s %-10s %12s %9s %18s\n' "$clients" "$target" "$(fmt "$tps" 0)" "$ratio" "$(fmt "$cpu" 4)"
     done
 done
+
+# Paired with PgBouncer: each proxy's ratio to PgBouncer's figure of the same round (run next to
+# it, so a slow drift of the machine's speed cancels out), as the median and range over rounds.
+# pairs TARGET CLIENTS TABLE: "median (min-max)" of TARGET's per-round ratios to pgbouncer.
+pairs() {
+    local target=$1 clients=$2 round a b ratios=""
+    local -n table=$3
+    for round in $(seq 1 "$ROUNDS"); do
+        a=${table[$target,$clients,$round]:-}
+        b=${table[pgbouncer,$clients,$round]:-}
+        [ -n "$a" ] && [ -n "$b" ] && ratios+="$(awk -v a="$a" -v b="$b" 'BEGIN { if (b > 0) printf "%.3f", a / b }') "
+    done
+    # shellcheck disable=SC2086 # word splitting of the sample list is intended
+    printf '%s\n' $ratios | sort -g | awk 'NF { v[++n] = $1 } END {
+        if (n == 0) { print "-"; exit }
+        m = n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        printf "%.3f (%.3f-%.3f)\n", m, v[1], v[n] }'
+}
+if wants pgbouncer; then
+    echo
+    echo "paired with pgbouncer, round by round: median (min-max) of the per-round ratios"
+    printf '%-8s %-10s %24s %24s\n' clients target "CPU per tx vs pgbouncer" "TPS vs pgbouncer"
+    for clients in $CLIENTS; do
+        for target in $TARGETS; do
+            case $target in direct | pgbouncer) continue ;; esac
+            printf '%-8s %-10s %24s %24s\n' "$clients" "$target" \
+                "$(pairs "$target" "$clients" ROUND_CPU)" "$(pairs "$target" "$clients" ROUND_TPS)"
+        done
+    done
+fi
