@@ -17,6 +17,16 @@ fn buckets_are_inclusive_upper_bounds() {
     assert_eq!(bucket_index(30_000_000_000), BUCKETS.len() - 1);
     assert_eq!(bucket_index(30_000_000_001), BUCKETS.len());
     assert_eq!(bucket_index(u64::MAX), BUCKETS.len());
+    // The scan agrees with a binary search over the labelled table, at and around every bound.
+    assert!(BUCKETS.windows(2).all(|w| w[0].0 < w[1].0), "bounds ascend");
+    let probes = BUCKETS
+        .iter()
+        .flat_map(|&(bound, _)| [bound - 1, bound, bound + 1])
+        .chain((0..64).map(|shift| 1u64 << shift));
+    for nanos in probes {
+        let searched = BUCKETS.partition_point(|&(bound, _)| bound < nanos);
+        assert_eq!(bucket_index(nanos), searched, "{nanos} ns");
+    }
     for pair in BUCKETS.windows(2) {
         assert!(pair[0].0 < pair[1].0, "bounds increase");
         let parsed: f64 = pair[0].1.parse().unwrap();
