@@ -147,9 +147,7 @@ impl Stream {
             Stream::TlsConnected(s) => s.get_mut().0.rebind(),
         }
     }
-}
 
-impl Stream {
     /// Reads what the socket has into `buf`'s spare capacity, like `tokio_util::io::poll_read_buf`
     /// (0 = end of stream), for a caller that polls several sockets at each wake-up of its task,
     /// as a relay does. On plain TCP it registers the task's waker with the reactor only when the
