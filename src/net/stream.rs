@@ -195,14 +195,20 @@ impl Stream {
                     return Poll::Ready(Err(e))
                 }
                 (Err(_), None) if *armed => return Poll::Pending,
-                (Err(_), None) => match tcp.poll_read_ready(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        *armed = true;
-                        return Poll::Pending;
+                (Err(_), None) => {
+                    // With the task's cooperative budget spent, tokio answers Pending without
+                    // registering anything (it reschedules the task instead): armed only if
+                    // the poll reaches the reactor.
+                    let registers = tokio::task::coop::has_budget_remaining();
+                    match tcp.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            *armed = registers;
+                            return Poll::Pending;
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -354,5 +360,47 @@ mod tests {
             stream.poll_recv(&mut cx, &mut buf, &mut armed),
             Poll::Ready(Ok(0))
         ));
+    }
+
+    /// A read that would block after the task spent its cooperative budget (a relay streaming a
+    /// large COPY does) registers nothing, so it must not count as armed: the next poll
+    /// registers, and data then wakes it.
+    #[tokio::test]
+    async fn a_read_without_budget_is_not_armed() {
+        let (mut stream, mut peer) = pair().await;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1000 {
+            tx.send(i).expect("send");
+        }
+        let mut buf = BytesMut::with_capacity(64);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            while tokio::task::coop::has_budget_remaining() {
+                let _ = rx.poll_recv(cx);
+            }
+            assert!(stream.poll_recv(cx, &mut buf, &mut armed).is_pending());
+            assert!(!armed, "the budget was spent: no waker was registered");
+            Poll::Ready(())
+        })
+        .await;
+        // A new poll of the task starts with a fresh budget.
+        tokio::task::yield_now().await;
+        assert!(
+            std::future::poll_fn(|cx| Poll::Ready(
+                stream.poll_recv(cx, &mut buf, &mut armed).is_pending()
+            ))
+            .await
+        );
+        assert!(armed, "registered with a fresh budget");
+        peer.write_all(b"data").await.expect("write");
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| stream.poll_recv(cx, &mut buf, &mut armed)),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(4))),
+            "the armed read was woken: {read:?}"
+        );
     }
 }
