@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::clock;
 use crate::net::WorkerId;
 use crate::session::{self, MovedClient, Shared};
 
@@ -73,9 +74,12 @@ impl Workers {
         let mut threads = Vec::new();
         for (index, rx) in receivers.into_iter().enumerate() {
             // Sessions need sockets and timers only; no signal or process driver on the hot loop.
+            // The latency clock is read once per wake-up, not per request (`metrics::clock`).
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .enable_time()
+                .on_thread_unpark(clock::woke)
+                .on_thread_park(clock::sleeps)
                 .build()?;
             let worker = Worker {
                 id: WorkerId(index),

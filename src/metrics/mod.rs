@@ -1,12 +1,13 @@
 //! Metrics (layer 0): lock-free metric primitives, the per-pool / per-database / per-node / global
 //! handle types that record into them, the registry that owns every handle, its Prometheus text
-//! rendering (`render.rs`) and the HTTP endpoints `/metrics`, `/live`, `/ready`, `/status`
-//! (`http.rs`).
+//! rendering (`render.rs`), the HTTP endpoints `/metrics`, `/live`, `/ready`, `/status`
+//! (`http.rs`), and the per-wake-up clock that times queries (`clock.rs`).
 //!
 //! Recording never locks or allocates: a handle (`Arc<PoolMetrics>`, `Arc<DatabaseMetrics>`, ...)
 //! is resolved once, when the thing it describes is built, and the hot path does relaxed atomic
 //! adds on its public fields. The registry's locks are taken only to create a handle and to render.
 
+pub mod clock;
 mod families;
 pub mod http;
 mod render;

@@ -1,12 +1,12 @@
 //! What a relay tracks about the requests in flight on one server connection, message by message:
 //! requests awaiting ReadyForQuery and Sync, the transaction status, session state a query creates,
-//! and the per-query metrics (clocks read once per request and per answer, bytes flushed once per
-//! transaction).
+//! and the per-query metrics (timed with the worker's wake-up clock, `metrics::clock`; bytes
+//! flushed once per transaction).
 
 use std::time::Instant;
 
 use super::relay::Policy;
-use crate::metrics::{DatabaseMetrics, PoolMetrics};
+use crate::metrics::{clock, DatabaseMetrics, PoolMetrics};
 use crate::protocol::backend::{self, TransactionStatus};
 use crate::protocol::ProtocolError;
 
@@ -58,7 +58,7 @@ impl Flight<'_> {
     #[inline]
     pub(super) fn request_started(&mut self) {
         if self.query_start.is_none() {
-            let now = Instant::now();
+            let now = clock::now();
             self.query_start = Some(now);
             self.transaction_start.get_or_insert(now);
         }
@@ -67,7 +67,7 @@ impl Flight<'_> {
     /// A ReadyForQuery arrived (after `pending` and `status` were updated): records the query, and
     /// the transaction if it ended.
     pub(super) fn request_answered(&mut self) {
-        let now = Instant::now();
+        let now = clock::now();
         if let Some(start) = self.query_start.take() {
             self.metrics.pool.query_duration.observe(now - start);
         }
