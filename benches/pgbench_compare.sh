@@ -36,6 +36,9 @@
 # relay with one server connection per client and no parsing. Its CPU per 1000 transactions is the
 # least any user-space proxy spends here on socket reads, writes and waits; a proxy's CPU above it
 # is its own work (e.g. -t "pgbouncer pgsluice floor").
+# Target "floor-tokio" is the same relay on a single-threaded tokio runtime
+# (examples/relay_floor_tokio.rs, built with cargo): its CPU above "floor" is tokio's per-wake-up
+# cost, and pgsluice's CPU above it is pgsluice's own relay work.
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Prints the CPU steal time during the runs (other guests on a shared host): a noisy run shows.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
@@ -115,6 +118,7 @@ SLUICE_PID=""
 SLUICE_B_PID=""
 BOUNCER_PID=""
 FLOOR_PID=""
+FLOOR_TOKIO_PID=""
 PG_STARTED=0
 
 cleanup() {
@@ -123,6 +127,7 @@ cleanup() {
     [ -n "$SLUICE_B_PID" ] && kill "$SLUICE_B_PID" 2>/dev/null && wait "$SLUICE_B_PID" 2>/dev/null
     [ -n "$BOUNCER_PID" ] && kill "$BOUNCER_PID" 2>/dev/null
     [ -n "$FLOOR_PID" ] && kill "$FLOOR_PID" 2>/dev/null && wait "$FLOOR_PID" 2>/dev/null
+    [ -n "$FLOOR_TOKIO_PID" ] && kill "$FLOOR_TOKIO_PID" 2>/dev/null && wait "$FLOOR_TOKIO_PID" 2>/dev/null
     [ "$PG_STARTED" -eq 1 ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1
     sleep 0.5
     if [ -n "${KEEP_WORK:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -188,6 +193,7 @@ fi
 # The floor relay opens a server connection per client (its clients run between the others').
 FLOOR_CONNECTIONS=0
 wants floor && FLOOR_CONNECTIONS=$MAX_CLIENTS
+wants floor-tokio && FLOOR_CONNECTIONS=$((FLOOR_CONNECTIONS + MAX_CLIENTS))
 PG_PORT=$(free_port)
 log "starting Postgres on port $PG_PORT"
 "${AS_PG[@]}" "$PG_BIN/initdb" -D "$WORK/data" -U postgres -A trust --no-sync -E UTF8 --locale=C >"$WORK/initdb.log" 2>&1 ||
@@ -288,6 +294,18 @@ if wants floor; then
     FLOOR_PID=$!
     PID[floor]=$FLOOR_PID
     wait_ready "${PORT[floor]}" floor "$FLOOR_PID"
+fi
+if wants floor-tokio; then
+    log "building floor-tokio (release)"
+    (cd "$REPO" && cargo build --release --example relay_floor_tokio) ||
+        die "cannot build examples/relay_floor_tokio.rs"
+    PORT[floor-tokio]=$(free_port)
+    log "starting floor-tokio (bare tokio relay) on port ${PORT[floor-tokio]}"
+    "${CARGO_TARGET_DIR:-$REPO/target}/release/examples/relay_floor_tokio" "${PORT[floor-tokio]}" \
+        "$PG_PORT" >"$WORK/floor-tokio.log" 2>&1 &
+    FLOOR_TOKIO_PID=$!
+    PID[floor-tokio]=$FLOOR_TOKIO_PID
+    wait_ready "${PORT[floor-tokio]}" floor-tokio "${PID[floor-tokio]}"
 fi
 
 # ---------------------------------------------------------------- idle mode
