@@ -3,7 +3,8 @@
 //!
 //! One single-threaded tokio runtime, as a pgsluice session worker; one task per client that
 //! copies bytes between the client and its own server connection in both directions (two futures
-//! joined in the task, as pgsluice's relay drives both directions from one task). No parsing, no
+//! polled by the task through `select!`, as pgsluice's relay drives both directions from one task;
+//! it ends when either side closes). No parsing, no
 //! pooling, no auth (Postgres's trust auth passes through). Its CPU above `floor` is what tokio's
 //! per-wake-up machinery costs; pgsluice's CPU above it is pgsluice's own relay work.
 //!

@@ -18,7 +18,6 @@ fn buckets_are_inclusive_upper_bounds() {
     assert_eq!(bucket_index(30_000_000_001), BUCKETS.len());
     assert_eq!(bucket_index(u64::MAX), BUCKETS.len());
     // The scan agrees with a binary search over the labelled table, at and around every bound.
-    assert!(BUCKETS.windows(2).all(|w| w[0].0 < w[1].0), "bounds ascend");
     let probes = BUCKETS
         .iter()
         .flat_map(|&(bound, _)| [bound - 1, bound, bound + 1])
