@@ -227,3 +227,21 @@ impl Passthrough {
         self.remaining > 0
     }
 }
+
+/// How many bytes at the front of `buf` are whole messages that `wanted` does not pick by tag:
+/// what a forwarder that reads only a few kinds of message can pass on at once, without a
+/// [`Passthrough`] step per message. Stops at the first wanted, partial or invalid message, which
+/// the caller's next step then reports (with its error, if any). Use only at a message boundary;
+/// the passthrough stays there, as the run holds whole messages only.
+#[inline]
+pub fn whole_run(buf: &[u8], max: usize, wanted: impl Fn(u8) -> bool) -> usize {
+    let mut at = 0;
+    while let Ok(Some(header)) = Header::parse(&buf[at..], max) {
+        let frame_len = header.frame_len();
+        if wanted(header.tag) || buf.len() - at < frame_len {
+            break;
+        }
+        at += frame_len;
+    }
+    at
+}

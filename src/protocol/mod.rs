@@ -19,7 +19,7 @@ mod tests_frontend;
 #[cfg(test)]
 mod tests_startup;
 
-pub use frame::{Frame, Framer, Header, Passthrough, Step, HEADER_LEN};
+pub use frame::{whole_run, Frame, Framer, Header, Passthrough, Step, HEADER_LEN};
 
 /// Everything that can be wrong with bytes a peer sent; the connection is unusable afterwards.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]

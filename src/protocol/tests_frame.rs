@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::frame::{Frame, Framer, Header, Passthrough, Step, HEADER_LEN};
+use super::frame::{whole_run, Frame, Framer, Header, Passthrough, Step, HEADER_LEN};
 use super::ProtocolError;
 
 const MAX: usize = 1 << 30;
@@ -276,4 +276,54 @@ fn passthrough_errors() {
     garbage.put_u32(0xdead_beef);
     garbage.put_u32(0xffff_ffff);
     assert!(pt.step(&garbage, MAX).is_err());
+}
+
+/// `whole_run` covers the whole messages before the first wanted, partial or invalid one, and
+/// agrees with stepping a `Passthrough` message by message.
+#[test]
+fn whole_run_stops_at_wanted_partial_and_invalid_messages() {
+    let message = |tag: u8, body: &[u8]| {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    };
+    let ready = |tag: u8| matches!(tag, b'Z' | b'E' | b'S');
+    let rows = [
+        message(b'T', b"desc"),
+        message(b'D', b"row1"),
+        message(b'D', b""),
+    ]
+    .concat();
+    let z = message(b'Z', b"I");
+    let all = [rows.clone(), z.clone(), message(b'D', b"after")].concat();
+    assert_eq!(whole_run(&all, 1 << 20, ready), rows.len());
+    assert_eq!(
+        whole_run(&all[rows.len()..], 1 << 20, ready),
+        0,
+        "stops at Z"
+    );
+    // A partial message ends the run; so does a header cut short, and an empty buffer.
+    assert_eq!(whole_run(&rows[..rows.len() - 1], 1 << 20, ready), 18);
+    assert_eq!(whole_run(&rows[..11], 1 << 20, ready), 9);
+    assert_eq!(whole_run(&[], 1 << 20, ready), 0);
+    // Oversized and invalid lengths end it too (the passthrough step then reports the error).
+    assert_eq!(whole_run(&rows, 8, ready), 0);
+    let mut bad = message(b'D', b"x");
+    bad[1..5].copy_from_slice(&2i32.to_be_bytes());
+    assert_eq!(
+        whole_run(&[rows.clone(), bad].concat(), 1 << 20, ready),
+        rows.len()
+    );
+    // The same boundary a passthrough reaches message by message.
+    let mut pt = Passthrough::new();
+    let mut at = 0;
+    while let Ok(Step::Message { header, available }) = pt.step(&all[at..], 1 << 20) {
+        if ready(header.tag) {
+            break;
+        }
+        pt.advance(available);
+        at += available;
+    }
+    assert_eq!(at, rows.len());
 }
