@@ -109,6 +109,55 @@ async fn copy_in_and_out_keep_every_byte() {
     proxy.stop().await;
 }
 
+/// One worker serves a client streaming a large COPY out, which it reads only after a pause (the
+/// proxy's writes to it fill the socket and must wait for room), and another client's queries:
+/// the stream arrives whole, and the relay that always has bytes to move gives way to the other
+/// client's queries on the same thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_copy_out_shares_its_worker() {
+    let limits = "limits: { worker_threads: 1, balance_interval: 0s }";
+    let proxy = start_proxy(&proxy_yaml("size: 4", limits)).await;
+    let streaming = proxy.app_client().await;
+    let querying = proxy.app_client().await;
+    const ROWS: usize = 100_000;
+    let stream = streaming
+        .copy_out(&format!(
+            "COPY (SELECT i, repeat('y', 200) FROM generate_series(1, {ROWS}) i) TO STDOUT"
+        ))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        // Not read yet: the proxy's socket buffer towards this client fills up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        futures_util::pin_mut!(stream);
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            rows += chunk.iter().filter(|b| **b == b'\n').count();
+            bytes += chunk.len();
+        }
+        (rows, bytes)
+    });
+    let queries = tokio::time::timeout(Duration::from_secs(30), async {
+        for i in 0..50i32 {
+            let row = querying.query_one("SELECT $1::int", &[&i]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), i);
+        }
+    });
+    queries
+        .await
+        .expect("queries on the streaming client's worker stalled");
+    let (rows, bytes) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the COPY stream stalled")
+        .unwrap();
+    assert_eq!(rows, ROWS);
+    let expected: usize = (1..=ROWS).map(|i| i.to_string().len() + 1 + 200 + 1).sum();
+    assert_eq!(bytes, expected, "COPY out lost or added bytes");
+    drop(streaming);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn error_in_transaction_then_rollback_then_work() {
     let proxy = start_proxy(&proxy_yaml("size: 4", "")).await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 pub use frames::{read_frame, FrameReadError};
-pub use stream::Stream;
+pub use stream::{ReadState, Stream};
 pub use tls::{ClientTlsAcceptor, ServerTlsConnector};
 
 /// Which runtime's reactor a socket is registered with: one per worker thread, plus the main

@@ -60,13 +60,33 @@ impl AsyncRead for Tcp {
     }
 }
 
+/// `send(2)` flags: no SIGPIPE on a peer that is gone (an error instead), whatever the process's
+/// signal disposition.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: i32 = 0x4000; // MSG_NOSIGNAL
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: i32 = 0;
+
 impl AsyncWrite for Tcp {
+    /// Sends at once, without asking the reactor first: a socket is almost always writable, and
+    /// the reactor's path (readiness check, budget, closure) costs more user time than the `send`
+    /// itself. Only a full send buffer (`WouldBlock`) goes through tokio, which then registers the
+    /// task to be woken when there is room.
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        pending_or(self.get_mut().get(), |s| s.poll_write(cx, buf))
+        let tcp = match self.get_mut().get() {
+            Ok(tcp) => tcp,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        match socket2::SockRef::from(&*tcp).send_with_flags(buf, SEND_FLAGS) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Pin::new(tcp).poll_write(cx, buf),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Pin::new(tcp).poll_write(cx, buf),
+            done => Poll::Ready(done),
+        }
     }
 
     fn poll_write_vectored(
@@ -108,6 +128,7 @@ impl Stream {
     }
 
     /// Whether the bytes on this stream are encrypted.
+    #[inline]
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
@@ -138,6 +159,17 @@ impl Stream {
         }
     }
 
+    /// Whether a read may find bytes: false only for a plain socket whose reactor readiness is
+    /// cleared (nothing arrived since the last read drained it). A cheap check (one atomic load)
+    /// for a task that polls several sockets at each wake-up and wants to skip the idle ones.
+    #[inline]
+    pub fn may_read(&self) -> bool {
+        match self {
+            Stream::Plain(Tcp(Some(tcp))) => tcp.try_io(Interest::READABLE, || Ok(())).is_ok(),
+            _ => true,
+        }
+    }
+
     /// Re-registers the socket with the current runtime's reactor, so a connection opened on one
     /// worker thread is driven by the worker that uses it now. Must run inside that runtime.
     pub fn rebind(&mut self) -> io::Result<()> {
@@ -150,21 +182,21 @@ impl Stream {
 
     /// Reads what the socket has into `buf`'s spare capacity, like `tokio_util::io::poll_read_buf`
     /// (0 = end of stream), for a caller that polls several sockets at each wake-up of its task,
-    /// as a relay does. On plain TCP it registers the task's waker with the reactor only when the
-    /// socket may have lost it: `armed`, kept by the caller (false at first, and whenever its task
-    /// may have changed), remembers that a waker was registered and no readiness was seen since,
-    /// so a wake-up by one socket re-registers that socket only, not every socket polled.
-    /// What must hold: the same task polls this stream's reads for as long as `armed` is kept.
+    /// as a relay does. On plain TCP, `state` (kept by the caller: [`ReadState::Unknown`] at
+    /// first, and whenever its task may have changed) saves the reactor calls a plain read would
+    /// make: a wake-up by one socket re-registers that socket only, not every socket polled, and a
+    /// short read goes straight to registering instead of trying a read it knows is in vain.
+    /// What must hold: the same task polls this stream's reads for as long as `state` is kept.
     pub fn poll_recv(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
-        armed: &mut bool,
+        state: &mut ReadState,
     ) -> Poll<io::Result<usize>> {
         let tcp = match self {
             Stream::Plain(Tcp(Some(tcp))) => &*tcp,
             other => {
-                *armed = false;
+                *state = ReadState::Unknown;
                 return tokio_util::io::poll_read_buf(Pin::new(other), cx, buf);
             }
         };
@@ -172,6 +204,23 @@ impl Stream {
             buf.reserve(1);
         }
         loop {
+            if *state == ReadState::Drained {
+                // With the task's cooperative budget spent, tokio answers Pending without
+                // registering anything (it reschedules the task instead): armed only if the
+                // poll reaches the reactor.
+                let registers = tokio::task::coop::has_budget_remaining();
+                match tcp.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => *state = ReadState::Unknown,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        *state = match registers {
+                            true => ReadState::Armed,
+                            false => ReadState::Unknown,
+                        };
+                        return Poll::Pending;
+                    }
+                }
+            }
             let spare = buf.capacity() - buf.len();
             let (mut tried, mut got) = (false, None);
             let read = tcp.try_io(Interest::READABLE, || {
@@ -185,33 +234,41 @@ impl Stream {
                 }
                 Ok(n)
             });
-            if tried {
-                // Readiness was seen: the reactor may have taken the waker to wake us.
-                *armed = false;
-            }
             match (read, got) {
-                (Ok(n), _) | (Err(_), Some(n)) => return Poll::Ready(Ok(n)),
+                (_, Some(n)) => {
+                    *state = match n > 0 && n < spare {
+                        true => ReadState::Drained,
+                        false => ReadState::Unknown,
+                    };
+                    return Poll::Ready(Ok(n));
+                }
+                (Ok(n), None) => return Poll::Ready(Ok(n)),
                 (Err(e), None) if e.kind() != io::ErrorKind::WouldBlock => {
-                    return Poll::Ready(Err(e))
+                    *state = ReadState::Unknown;
+                    return Poll::Ready(Err(e));
                 }
-                (Err(_), None) if *armed => return Poll::Pending,
-                (Err(_), None) => {
-                    // With the task's cooperative budget spent, tokio answers Pending without
-                    // registering anything (it reschedules the task instead): armed only if
-                    // the poll reaches the reactor.
-                    let registers = tokio::task::coop::has_budget_remaining();
-                    match tcp.poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            *armed = registers;
-                            return Poll::Pending;
-                        }
-                    }
-                }
+                // Not ready, and the waker is in the reactor's slot since the last readiness.
+                (Err(_), None) if !tried && *state == ReadState::Armed => return Poll::Pending,
+                // Not ready (or the read would block, which cleared the readiness): register.
+                (Err(_), None) => *state = ReadState::Drained,
             }
         }
     }
+}
+
+/// What a task reading a plain TCP socket with [`Stream::poll_recv`] knows about the socket's
+/// readiness between two polls. An enum so that each poll takes the one path its state allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadState {
+    /// Nothing known: try a read (the first state, and after any doubt).
+    #[default]
+    Unknown,
+    /// The last read was short or would block, so the reactor's readiness is cleared: the next
+    /// poll registers the task's waker without a read.
+    Drained,
+    /// The task's waker is registered and no readiness was seen since: a poll checks the
+    /// readiness flag only.
+    Armed,
 }
 
 impl AsyncRead for Stream {
@@ -327,37 +384,48 @@ mod tests {
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
         let mut buf = BytesMut::with_capacity(64);
-        let mut armed = false;
+        let mut state = ReadState::Unknown;
 
-        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
-        assert!(armed, "registered at the first would-block");
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut state).is_pending());
+        assert_eq!(
+            state,
+            ReadState::Armed,
+            "registered at the first would-block"
+        );
         // Polled again while armed: no new registration is needed, and none is lost.
-        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut state).is_pending());
+        assert!(!stream.may_read(), "nothing arrived");
         peer.write_all(b"hello").await.expect("write");
         woken(&counter, 1).await;
-        match stream.poll_recv(&mut cx, &mut buf, &mut armed) {
+        assert!(stream.may_read(), "the reactor saw the bytes");
+        match stream.poll_recv(&mut cx, &mut buf, &mut state) {
             Poll::Ready(Ok(5)) => {}
             other => panic!("expected 5 bytes, got {other:?}"),
         }
-        assert!(!armed, "readiness seen: the reactor took the waker");
+        assert!(!stream.may_read(), "the short read drained the socket");
+        assert_eq!(
+            state,
+            ReadState::Drained,
+            "a short read: the reactor's readiness is cleared"
+        );
         assert_eq!(&buf[..], b"hello");
 
         // The short read cleared the readiness: the next poll registers without a read.
-        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
-        assert!(armed);
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut state).is_pending());
+        assert_eq!(state, ReadState::Armed);
         peer.write_all(b"again").await.expect("write");
         woken(&counter, 2).await;
         assert!(matches!(
-            stream.poll_recv(&mut cx, &mut buf, &mut armed),
+            stream.poll_recv(&mut cx, &mut buf, &mut state),
             Poll::Ready(Ok(5))
         ));
 
         // The peer closing wakes an armed read too, which then sees the end of the stream.
-        assert!(stream.poll_recv(&mut cx, &mut buf, &mut armed).is_pending());
+        assert!(stream.poll_recv(&mut cx, &mut buf, &mut state).is_pending());
         drop(peer);
         woken(&counter, 3).await;
         assert!(matches!(
-            stream.poll_recv(&mut cx, &mut buf, &mut armed),
+            stream.poll_recv(&mut cx, &mut buf, &mut state),
             Poll::Ready(Ok(0))
         ));
     }
@@ -373,13 +441,17 @@ mod tests {
             tx.send(i).expect("send");
         }
         let mut buf = BytesMut::with_capacity(64);
-        let mut armed = false;
+        let mut state = ReadState::Unknown;
         std::future::poll_fn(|cx| {
             while tokio::task::coop::has_budget_remaining() {
                 let _ = rx.poll_recv(cx);
             }
-            assert!(stream.poll_recv(cx, &mut buf, &mut armed).is_pending());
-            assert!(!armed, "the budget was spent: no waker was registered");
+            assert!(stream.poll_recv(cx, &mut buf, &mut state).is_pending());
+            assert_ne!(
+                state,
+                ReadState::Armed,
+                "the budget was spent: no waker was registered"
+            );
             Poll::Ready(())
         })
         .await;
@@ -387,15 +459,15 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(
             std::future::poll_fn(|cx| Poll::Ready(
-                stream.poll_recv(cx, &mut buf, &mut armed).is_pending()
+                stream.poll_recv(cx, &mut buf, &mut state).is_pending()
             ))
             .await
         );
-        assert!(armed, "registered with a fresh budget");
+        assert_eq!(state, ReadState::Armed, "registered with a fresh budget");
         peer.write_all(b"data").await.expect("write");
         let read = tokio::time::timeout(
             Duration::from_secs(5),
-            std::future::poll_fn(|cx| stream.poll_recv(cx, &mut buf, &mut armed)),
+            std::future::poll_fn(|cx| stream.poll_recv(cx, &mut buf, &mut state)),
         )
         .await;
         assert!(

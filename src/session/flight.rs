@@ -68,16 +68,23 @@ impl Flight<'_> {
     /// the transaction if it ended.
     pub(super) fn request_answered(&mut self) {
         let now = clock::now();
-        if let Some(start) = self.query_start.take() {
-            self.metrics.pool.query_duration.observe(now - start);
-        }
+        let query = self.query_start.take().map(|start| {
+            let took = now.saturating_duration_since(start);
+            self.metrics.pool.query_duration.observe(took);
+            (start, took)
+        });
         if self.pending > 0 {
             // Pipelined: the next answer is timed from this one.
             self.query_start = Some(now);
         }
         if self.status == TransactionStatus::Idle {
             if let Some(start) = self.transaction_start.take() {
-                self.metrics.pool.transaction_duration.observe(now - start);
+                // An autocommit statement is its own transaction: same start, same duration.
+                let took = match query {
+                    Some((query_start, took)) if query_start == start => took,
+                    _ => now.saturating_duration_since(start),
+                };
+                self.metrics.pool.transaction_duration.observe(took);
             }
             self.flush_bytes();
         }

@@ -12,8 +12,8 @@ use super::exchange::{Exchange, Expect, Response};
 use super::flight::{note_request, observe, Flight, Source, StatementDrop};
 use super::relay::{Policy, RelayEnd};
 use super::retry::{Hold, HoldStep};
-use crate::net::Stream;
-use crate::protocol::frame::{Passthrough, Step};
+use crate::net::{ReadState, Stream};
+use crate::protocol::frame::{whole_run, Passthrough, Step};
 use crate::protocol::ProtocolError;
 
 /// Read sizes per direction: clients mostly send small requests; servers stream results.
@@ -24,6 +24,11 @@ const CLIENT_MIN_SPARE: usize = 256;
 
 /// The least `out` reserves at its first use in a relay.
 const OUT_MIN: usize = 256;
+
+/// Reads and writes one pump may do per poll before it yields to the worker's other tasks.
+/// Plain TCP writes bypass tokio's cooperative budget (see `net::stream`), so a direction that
+/// could always read and write (a long COPY on fast peers) must stop by itself.
+const PUMP_BUDGET: u32 = 64;
 
 /// One direction: a buffer, the header walker, and how much of the buffer is ready to write.
 #[derive(Debug)]
@@ -38,24 +43,38 @@ pub(super) struct Pipe {
     /// here to keep their order. Allocated only when needed.
     pub(super) out: BytesMut,
     /// End the direction this way once `ready` bytes are written (Terminate, a release point).
-    pub(super) stop: Option<RelayEnd>,
-    /// Written bytes that may still sit in a TLS buffer.
+    pub(super) stop: Option<PipeStop>,
+    /// Written bytes that may still sit in a TLS buffer (plain TCP has none: its flush is a
+    /// no-op, not worth a call per write).
     need_flush: bool,
-    /// The source's reads have a waker registered and saw no readiness since (see
-    /// [`Stream::poll_recv`]); false at first.
-    armed: bool,
-    read_size: usize,
+    /// What the source's reads know of its readiness (see [`Stream::poll_recv`]).
+    read_state: ReadState,
     max_message_size: usize,
     /// Server messages held back for a possible 25006 retry (`Policy::retry_read_only`).
     pub(super) hold: Option<Hold>,
 }
 
+/// How a direction ends once its cleared bytes are written: a byte, where a [`RelayEnd`] (which
+/// can carry an error) would take 48 in every pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PipeStop {
+    ClientTerminated,
+    TransactionDone,
+    ReadOnlyRetry,
+}
+
+impl PipeStop {
+    fn end(self) -> RelayEnd {
+        match self {
+            PipeStop::ClientTerminated => RelayEnd::ClientTerminated,
+            PipeStop::TransactionDone => RelayEnd::TransactionDone,
+            PipeStop::ReadOnlyRetry => RelayEnd::ReadOnlyRetry,
+        }
+    }
+}
+
 impl Pipe {
     pub(super) fn new(source: Source, buf: BytesMut, max_message_size: usize) -> Pipe {
-        let read_size = match source {
-            Source::Client => CLIENT_READ,
-            Source::Server => SERVER_READ,
-        };
         Pipe {
             source,
             buf,
@@ -64,8 +83,7 @@ impl Pipe {
             out: BytesMut::new(),
             stop: None,
             need_flush: false,
-            armed: false,
-            read_size,
+            read_state: ReadState::Unknown,
             max_message_size,
             hold: None,
         }
@@ -77,7 +95,15 @@ impl Pipe {
     fn min_spare(&self) -> usize {
         match self.source {
             Source::Client => CLIENT_MIN_SPARE,
-            Source::Server => self.read_size / 4,
+            Source::Server => SERVER_READ / 4,
+        }
+    }
+
+    /// How much a read asks for at least.
+    fn read_size(&self) -> usize {
+        match self.source {
+            Source::Client => CLIENT_READ,
+            Source::Server => SERVER_READ,
         }
     }
 
@@ -114,6 +140,23 @@ impl Pipe {
         self.pass.in_message() || undelivered
     }
 
+    /// Whether this direction has nothing to do at this wake-up: its waker is registered,
+    /// nothing is buffered to write or flush, what it holds was scanned (it stopped there at its
+    /// last poll), and its source has no new bytes (one readiness check). A relay's task is woken
+    /// for either direction and polls both; the quiet one is skipped without a pump call. The
+    /// statement exchange can give the server direction bytes to write at any time, so a relay
+    /// with one is never quiet here.
+    #[inline(always)]
+    pub(super) fn quiet(&self, src: &Stream, exchange: &Option<Exchange<'_>>) -> bool {
+        self.read_state == ReadState::Armed
+            && self.ready == 0
+            && self.out.is_empty()
+            && self.stop.is_none()
+            && !self.need_flush
+            && exchange.is_none()
+            && !src.may_read()
+    }
+
     /// Moves data from `src` to `dst` until one of them would block (Pending) or the direction ends.
     pub(super) fn poll_pump(
         &mut self,
@@ -124,13 +167,19 @@ impl Pipe {
         policy: Policy,
         exchange: &mut Option<Exchange<'_>>,
     ) -> Poll<RelayEnd> {
+        let mut budget = PUMP_BUDGET;
         loop {
+            budget -= 1;
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             while !self.out.is_empty() {
                 match ready!(Pin::new(&mut *dst).poll_write(cx, &self.out)) {
                     Ok(0) | Err(_) => return Poll::Ready(self.peer_gone()),
                     Ok(n) => {
                         self.out.advance(n);
-                        self.need_flush = true;
+                        self.need_flush = dst.is_tls();
                         flight.wrote(self.source, n);
                     }
                 }
@@ -141,19 +190,19 @@ impl Pipe {
                     Ok(n) => {
                         self.buf.advance(n);
                         self.ready -= n;
-                        self.need_flush = true;
+                        self.need_flush = dst.is_tls();
                         flight.wrote(self.source, n);
                     }
                 }
             }
-            if let Some(end) = self.stop.take() {
+            if let Some(stop) = self.stop.take() {
                 if self.need_flush {
                     if ready!(Pin::new(&mut *dst).poll_flush(cx)).is_err() {
                         return Poll::Ready(self.peer_gone());
                     }
                     self.need_flush = false;
                 }
-                return Poll::Ready(end);
+                return Poll::Ready(stop.end());
             }
             if let Err(e) = self.scan(flight, policy, exchange) {
                 return Poll::Ready(self.protocol_error(e));
@@ -162,9 +211,9 @@ impl Pipe {
                 continue;
             }
             if self.buf.capacity() - self.buf.len() < self.min_spare() {
-                self.buf.reserve(self.read_size);
+                self.buf.reserve(self.read_size());
             }
-            match src.poll_recv(cx, &mut self.buf, &mut self.armed) {
+            match src.poll_recv(cx, &mut self.buf, &mut self.read_state) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(self.gone()),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => {
@@ -195,6 +244,17 @@ impl Pipe {
                     self.divert();
                     exchange.owed(&mut self.out);
                 }
+            }
+            if self.source == Source::Server
+                && exchange.is_none()
+                && self.hold.is_none()
+                && !self.pass.in_message()
+            {
+                // Rows, descriptions, completions, notices: forwarded unread, all at once.
+                let run = whole_run(&self.buf[self.ready..], self.max_message_size, |tag| {
+                    matches!(tag, b'Z' | b'S' | b'E')
+                });
+                self.clear_whole(run);
             }
             let (header, available) = match self
                 .pass
@@ -231,7 +291,7 @@ impl Pipe {
                 Source::Client => {
                     if header.tag == b'X' {
                         // Terminate ends the session; it is not forwarded.
-                        self.stop = Some(RelayEnd::ClientTerminated);
+                        self.stop = Some(PipeStop::ClientTerminated);
                         return Ok(());
                     }
                     let dropped = note_request(header.tag, body, flight, policy);
@@ -259,8 +319,13 @@ impl Pipe {
                             && (policy.transaction_pooling || flight.draining)
                             && !owed(exchange)
                         {
-                            self.stop = Some(RelayEnd::TransactionDone);
+                            self.stop = Some(PipeStop::TransactionDone);
                         }
+                        self.clear(available);
+                        continue;
+                    }
+                    if !needs_whole {
+                        // Rows, descriptions, completions: nothing to record.
                         self.clear(available);
                         continue;
                     }
@@ -269,7 +334,7 @@ impl Pipe {
                         && (policy.transaction_pooling || flight.draining)
                         && !owed
                     {
-                        self.stop = Some(RelayEnd::TransactionDone);
+                        self.stop = Some(PipeStop::TransactionDone);
                     }
                 }
             }
@@ -344,7 +409,7 @@ impl Pipe {
             }
             HoldStep::Retry if flight.client_messages == 1 => {
                 observe(tag, body, flight)?;
-                self.stop = Some(RelayEnd::ReadOnlyRetry);
+                self.stop = Some(PipeStop::ReadOnlyRetry);
             }
             HoldStep::Retry | HoldStep::Release => {
                 self.hold = Some(hold);
@@ -367,6 +432,7 @@ impl Pipe {
 
     /// Clears the next `n` scanned bytes for forwarding, in place or (when earlier output was
     /// rewritten) after it.
+    #[inline(always)]
     fn clear(&mut self, n: usize) {
         if self.out.is_empty() {
             self.ready += n;
@@ -375,6 +441,18 @@ impl Pipe {
             self.buf.advance(n);
         }
         self.pass.advance(n);
+    }
+
+    /// Clears the next `n` scanned bytes, whole messages that the passthrough never stepped
+    /// through (it stays at their end, a message boundary), like [`Pipe::clear`].
+    #[inline(always)]
+    fn clear_whole(&mut self, n: usize) {
+        if self.out.is_empty() {
+            self.ready += n;
+        } else {
+            self.out.extend_from_slice(&self.buf[..n]);
+            self.buf.advance(n);
+        }
     }
 
     /// Gives `out` room at its first use in a relay for everything buffered, so rewriting a

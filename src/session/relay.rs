@@ -137,15 +137,20 @@ impl Future for Relay<'_, '_, '_> {
         }
         let policy = this.policy;
         loop {
-            if let Poll::Ready(end) = this.upstream.poll_pump(
-                cx,
-                this.client,
-                this.server,
-                &mut this.flight,
-                policy,
-                &mut this.exchange,
-            ) {
-                return Poll::Ready(end);
+            if !this.upstream.quiet(this.client, &this.exchange) {
+                if let Poll::Ready(end) = this.upstream.poll_pump(
+                    cx,
+                    this.client,
+                    this.server,
+                    &mut this.flight,
+                    policy,
+                    &mut this.exchange,
+                ) {
+                    return Poll::Ready(end);
+                }
+            }
+            if this.downstream.quiet(this.server, &this.exchange) {
+                return this.poll_deadlines(cx);
             }
             match this.downstream.poll_pump(
                 cx,
