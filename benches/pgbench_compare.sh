@@ -39,6 +39,11 @@
 # Target "floor-tokio" is the same relay on a single-threaded tokio runtime
 # (examples/relay_floor_tokio.rs, built with cargo): its CPU above "floor" is tokio's per-wake-up
 # cost, and pgsluice's CPU above it is pgsluice's own relay work.
+# Env CALLGRIND=1 runs PgBouncer and pgsluice under valgrind's callgrind (package valgrind) and
+# then prints each one's user-space instructions per transaction and their ratio: a count, not a
+# time, so it does not move with other guests' load the way CPU time does (the TPS and CPU figures
+# of such a run are valgrind's, not the proxies'). It leaves out kernel time, which is most of a
+# proxy's CPU here and about the same for both.
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Prints the CPU steal time during the runs (other guests on a shared host): a noisy run shows.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
@@ -101,6 +106,18 @@ pg_bin_dir() {
 PG_BIN=$(pg_bin_dir)
 [ -x "$PG_BIN/initdb" ] || die "no initdb in $PG_BIN"
 
+# CALLGRIND=1: the proxies run under callgrind, which writes its counts to $WORK/callgrind.
+VALGRIND=()
+if [ -n "${CALLGRIND:-}" ]; then
+    command -v valgrind >/dev/null || die "CALLGRIND=1 needs valgrind (package valgrind)"
+    VALGRIND=(valgrind -q --tool=callgrind)
+fi
+# callgrind_args TARGET: the valgrind prefix for TARGET's command (none without CALLGRIND).
+callgrind_args() {
+    [ "${#VALGRIND[@]}" -gt 0 ] && echo "${VALGRIND[*]} --callgrind-out-file=$WORK/callgrind/$1.out"
+    return 0
+}
+
 # Run Postgres and PgBouncer unprivileged: as the OS user postgres when we are root.
 if [ "$(id -u)" -eq 0 ]; then AS_PG=(runuser -u postgres --); else AS_PG=(); fi
 
@@ -114,6 +131,7 @@ fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgsluice-bench.XXXXXX")
 chmod 0700 "$WORK"
 [ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK"
+mkdir -m 0777 "$WORK/callgrind"
 SLUICE_PID=""
 SLUICE_B_PID=""
 BOUNCER_PID=""
@@ -242,7 +260,9 @@ EOF
     [ "${#AS_PG[@]}" -gt 0 ] && chown postgres:postgres "$WORK/userlist.txt" "$WORK/pgbouncer.ini"
     log "starting PgBouncer on port ${PORT[pgbouncer]} ($POOL_MODE, pool $POOL_SIZE)"
     # runuser starts with the default open-file limit: pass ours on.
-    "${AS_PG[@]}" bash -c 'ulimit -n "$1" && exec pgbouncer -q "$2"' _ "$(ulimit -n)" "$WORK/pgbouncer.ini" \
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    "${AS_PG[@]}" bash -c 'ulimit -n "$1" && exec $3 pgbouncer -q "$2"' _ "$(ulimit -n)" "$WORK/pgbouncer.ini" \
+        "$(callgrind_args pgbouncer)" \
         >"$WORK/pgbouncer.stderr" 2>&1 &
     for _ in $(seq 1 100); do [ -s "$WORK/pgbouncer.pid" ] && break; sleep 0.1; done
     BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null) ||
@@ -270,7 +290,9 @@ databases: [{ name: bench, nodes: [{ host: 127.0.0.1, port: $PG_PORT, role: prim
 ${PGSLUICE_EXTRA_YAML:-}
 EOF
     log "starting $target ($bin) on port ${PORT[$target]} ($POOL_MODE, pool $POOL_SIZE)"
-    RUST_LOG=${RUST_LOG:-warn} "$bin" run -c "$WORK/$target.yaml" >"$WORK/$target.log" 2>&1 &
+    # shellcheck disable=SC2046 # the valgrind prefix splits into words
+    RUST_LOG=${RUST_LOG:-warn} $(callgrind_args "$target") "$bin" run -c "$WORK/$target.yaml" \
+        >"$WORK/$target.log" 2>&1 &
     LAST_PID=$!
     PID[$target]=$LAST_PID
     wait_ready "${PORT[$target]}" "$target" "$LAST_PID"
@@ -352,7 +374,7 @@ fi
 # cpu_times: the aggregate "cpu" line of /proc/stat (all CPU time, then steal, in ticks).
 cpu_times() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
 # ROUND_TPS and ROUND_CPU (per target, client count and round) are read through `pairs`.
-declare -A TPS=() CPU=() ROUND_TPS=() ROUND_CPU=()
+declare -A TPS=() CPU=() ROUND_TPS=() ROUND_CPU=() TXS=() TICKS=() TICK_TXS=()
 RUN=0
 read -r TOTAL0 STEAL0 < <(cpu_times)
 for clients in $CLIENTS; do
@@ -378,6 +400,7 @@ for clients in $CLIENTS; do
                 echo "unparsable pgbench output for $target (see $out)" >&2
                 continue
             fi
+            TXS[$target]=$((${TXS[$target]:-0} + txs))
             TPS[$target,$clients]+="$tps "
             # shellcheck disable=SC2034 # read through a nameref in `pairs`
             ROUND_TPS[$target,$clients,$round]=$tps
@@ -388,6 +411,8 @@ for clients in $CLIENTS; do
                 CPU[$target,$clients]+="$cpu "
                 # shellcheck disable=SC2034 # read through a nameref in `pairs`
                 ROUND_CPU[$target,$clients,$round]=$cpu
+                TICKS[$target,$clients]=$((${TICKS[$target,$clients]:-0} + after - before))
+                TICK_TXS[$target,$clients]=$((${TICK_TXS[$target,$clients]:-0} + txs))
             fi
         done
     done
@@ -435,12 +460,41 @@ pairs() {
 if wants pgbouncer; then
     echo
     echo "paired with pgbouncer, round by round: median (min-max) of the per-round ratios"
-    printf '%-8s %-10s %24s %24s\n' clients target "CPU per tx vs pgbouncer" "TPS vs pgbouncer"
+    echo "(pooled: all rounds' CPU over all their transactions, against PgBouncer's; outlier rounds count)"
+    printf '%-8s %-10s %24s %24s %8s\n' clients target "CPU per tx vs pgbouncer" "TPS vs pgbouncer" pooled
     for clients in $CLIENTS; do
         for target in $TARGETS; do
             case $target in direct | pgbouncer) continue ;; esac
-            printf '%-8s %-10s %24s %24s\n' "$clients" "$target" \
-                "$(pairs "$target" "$clients" ROUND_CPU)" "$(pairs "$target" "$clients" ROUND_TPS)"
+            pooled=$(awk -v a="${TICKS[$target,$clients]:-0}" -v n="${TICK_TXS[$target,$clients]:-0}" \
+                -v b="${TICKS[pgbouncer,$clients]:-0}" -v m="${TICK_TXS[pgbouncer,$clients]:-0}" \
+                'BEGIN { if (n > 0 && m > 0 && b > 0) printf "%.3f", (a / n) / (b / m); else print "-" }')
+            printf '%-8s %-10s %24s %24s %8s\n' "$clients" "$target" \
+                "$(pairs "$target" "$clients" ROUND_CPU)" "$(pairs "$target" "$clients" ROUND_TPS)" "$pooled"
         done
+    done
+fi
+
+# CALLGRIND=1: callgrind writes its counts when the proxy exits: stop them, then divide each
+# one's instructions (all of its threads, start-up included) by the transactions it served.
+if [ "${#VALGRIND[@]}" -gt 0 ]; then
+    for pid in $SLUICE_PID $SLUICE_B_PID $BOUNCER_PID; do kill "$pid" 2>/dev/null; done
+    for pid in $SLUICE_PID $SLUICE_B_PID $BOUNCER_PID; do
+        for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    SLUICE_PID="" SLUICE_B_PID="" BOUNCER_PID=""
+    echo
+    echo "user-space instructions per transaction (callgrind, all rounds and client counts)"
+    printf '%-10s %14s %14s\n' target "instr/tx" "vs pgbouncer"
+    declare -A IR_TX=()
+    for target in pgbouncer pgsluice pgsluice-b; do
+        out="$WORK/callgrind/$target.out"
+        if [ ! -s "$out" ] || [ "${TXS[$target]:-0}" -eq 0 ]; then continue; fi
+        total=$(awk '/^totals:/ { print $2 }' "$out")
+        IR_TX[$target]=$((total / TXS[$target]))
+    done
+    for target in pgbouncer pgsluice pgsluice-b; do
+        [ -n "${IR_TX[$target]:-}" ] || continue
+        printf '%-10s %14s %14s\n' "$target" "${IR_TX[$target]}" "$(awk -v a="${IR_TX[$target]}" \
+            -v b="${IR_TX[pgbouncer]:-}" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')"
     done
 fi
