@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod stream;
+mod sys;
 pub mod tls;
 
 use std::io;

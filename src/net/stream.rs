@@ -4,6 +4,7 @@
 //! a client on a different worker thread.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -60,17 +61,10 @@ impl AsyncRead for Tcp {
     }
 }
 
-/// `send(2)` flags: no SIGPIPE on a peer that is gone (an error instead), whatever the process's
-/// signal disposition.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: i32 = 0x4000; // MSG_NOSIGNAL
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: i32 = 0;
-
 impl AsyncWrite for Tcp {
-    /// Sends at once, without asking the reactor first: a socket is almost always writable, and
-    /// the reactor's path (readiness check, budget, closure) costs more user time than the `send`
-    /// itself. Only a full send buffer (`WouldBlock`) goes through tokio, which then registers the
+    /// Sends at once (a bare system call, see `net::sys`), without asking the reactor first: a
+    /// socket is almost always writable, and the reactor's path (readiness check, budget, closure)
+    /// costs more user time than the `send` itself. Only a full send buffer (`WouldBlock`) goes through tokio, which then registers the
     /// task to be woken when there is room.
     #[inline]
     fn poll_write(
@@ -82,7 +76,7 @@ impl AsyncWrite for Tcp {
             Ok(tcp) => tcp,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        match socket2::SockRef::from(&*tcp).send_with_flags(buf, SEND_FLAGS) {
+        match super::sys::send(tcp.as_raw_fd(), buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Pin::new(tcp).poll_write(cx, buf),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Pin::new(tcp).poll_write(cx, buf),
             done => Poll::Ready(done),
@@ -225,7 +219,9 @@ impl Stream {
             let (mut tried, mut got) = (false, None);
             let read = tcp.try_io(Interest::READABLE, || {
                 tried = true;
-                let n = tcp.try_read_buf(buf)?;
+                let n = super::sys::recv(tcp.as_raw_fd(), buf.spare_capacity_mut())?;
+                // SAFETY: recv initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
                 got = Some(n);
                 // A short read drained the socket: report it as would-block so that the reactor
                 // forgets the readiness, as `poll_read` does, and no read is tried in vain.
