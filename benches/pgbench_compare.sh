@@ -181,14 +181,14 @@ wait_ready() {
     die "$name did not become ready on port $port (log above)"
 }
 
-# cpu_ticks PID: utime+stime in clock ticks (fields 14 and 15, counted after the "(comm)" field).
+# cpu_ticks PID: "utime stime" in clock ticks (fields 14 and 15, counted after the "(comm)" field).
 cpu_ticks() {
     local stat
     stat=$(cat "/proc/$1/stat") || die "process $1 is gone"
     stat=${stat##*) }
     # shellcheck disable=SC2086
     set -- $stat
-    echo $(("${12}" + "${13}"))
+    echo "${12} ${13}"
 }
 
 # median of the numbers on stdin ("-" if none).
@@ -374,7 +374,8 @@ fi
 # cpu_times: the aggregate "cpu" line of /proc/stat (all CPU time, then steal, in ticks).
 cpu_times() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print t, $9; exit }' /proc/stat; }
 # ROUND_TPS and ROUND_CPU (per target, client count and round) are read through `pairs`.
-declare -A TPS=() CPU=() ROUND_TPS=() ROUND_CPU=() TXS=() TICKS=() TICK_TXS=()
+# TICKS and USER_TICKS: all rounds' CPU and user-space CPU ticks per target and client count.
+declare -A TPS=() CPU=() ROUND_TPS=() ROUND_CPU=() TXS=() TICKS=() USER_TICKS=() TICK_TXS=()
 RUN=0
 read -r TOTAL0 STEAL0 < <(cpu_times)
 for clients in $CLIENTS; do
@@ -385,8 +386,8 @@ for clients in $CLIENTS; do
             RUN=$((RUN + 1))
             out="$WORK/run-$RUN-$target-$clients.log"
             log "round $round/$ROUNDS: $target, $clients clients"
-            before=0
-            [ -n "${PID[$target]:-}" ] && before=$(cpu_ticks "${PID[$target]}")
+            user0=0 sys0=0
+            [ -n "${PID[$target]:-}" ] && read -r user0 sys0 < <(cpu_ticks "${PID[$target]}")
             # shellcheck disable=SC2086
             if ! timeout $((DURATION + 60)) pgbench -n -h 127.0.0.1 -p "${PORT[$target]}" -U postgres \
                 -c "$clients" -j "$threads" -T "$DURATION" -M "$PROTOCOL" $PGBENCH_FLAGS bench >"$out" 2>&1; then
@@ -405,13 +406,15 @@ for clients in $CLIENTS; do
             # shellcheck disable=SC2034 # read through a nameref in `pairs`
             ROUND_TPS[$target,$clients,$round]=$tps
             if [ -n "${PID[$target]:-}" ] && [ "$txs" -gt 0 ]; then
-                after=$(cpu_ticks "${PID[$target]}")
-                cpu=$(awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$txs" \
+                read -r user1 sys1 < <(cpu_ticks "${PID[$target]}")
+                ticks=$((user1 + sys1 - user0 - sys0))
+                cpu=$(awk -v t=$ticks -v hz="$(getconf CLK_TCK)" -v n="$txs" \
                     'BEGIN { printf "%.6f", t / hz / n * 1000 }')
                 CPU[$target,$clients]+="$cpu "
                 # shellcheck disable=SC2034 # read through a nameref in `pairs`
                 ROUND_CPU[$target,$clients,$round]=$cpu
-                TICKS[$target,$clients]=$((${TICKS[$target,$clients]:-0} + after - before))
+                TICKS[$target,$clients]=$((${TICKS[$target,$clients]:-0} + ticks))
+                USER_TICKS[$target,$clients]=$((${USER_TICKS[$target,$clients]:-0} + user1 - user0))
                 TICK_TXS[$target,$clients]=$((${TICK_TXS[$target,$clients]:-0} + txs))
             fi
         done
@@ -457,19 +460,29 @@ pairs() {
         m = n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         printf "%.3f (%.3f-%.3f)\n", m, v[1], v[n] }'
 }
+# pooled TARGET CLIENTS TICKS BOUNCER_TICKS: TARGET's ticks per transaction over all rounds,
+# against PgBouncer's.
+pooled() {
+    awk -v a="$3" -v b="$4" -v n="${TICK_TXS[$1,$2]:-0}" -v m="${TICK_TXS[pgbouncer,$2]:-0}" \
+        'BEGIN { if (n > 0 && m > 0 && b > 0) printf "%.3f", (a / n) / (b / m); else print "-" }'
+}
 if wants pgbouncer; then
     echo
     echo "paired with pgbouncer, round by round: median (min-max) of the per-round ratios"
     echo "(pooled: all rounds' CPU over all their transactions, against PgBouncer's; outlier rounds count)"
-    printf '%-8s %-10s %24s %24s %8s\n' clients target "CPU per tx vs pgbouncer" "TPS vs pgbouncer" pooled
+    echo "(user, system: the pooled ratio of user-space and of kernel CPU alone)"
+    printf '%-8s %-10s %24s %24s %8s %6s %6s\n' clients target "CPU per tx vs pgbouncer" "TPS vs pgbouncer" \
+        pooled user system
     for clients in $CLIENTS; do
         for target in $TARGETS; do
             case $target in direct | pgbouncer) continue ;; esac
-            pooled=$(awk -v a="${TICKS[$target,$clients]:-0}" -v n="${TICK_TXS[$target,$clients]:-0}" \
-                -v b="${TICKS[pgbouncer,$clients]:-0}" -v m="${TICK_TXS[pgbouncer,$clients]:-0}" \
-                'BEGIN { if (n > 0 && m > 0 && b > 0) printf "%.3f", (a / n) / (b / m); else print "-" }')
-            printf '%-8s %-10s %24s %24s %8s\n' "$clients" "$target" \
-                "$(pairs "$target" "$clients" ROUND_CPU)" "$(pairs "$target" "$clients" ROUND_TPS)" "$pooled"
+            all=${TICKS[$target,$clients]:-0} user=${USER_TICKS[$target,$clients]:-0}
+            bouncer_all=${TICKS[pgbouncer,$clients]:-0} bouncer_user=${USER_TICKS[pgbouncer,$clients]:-0}
+            printf '%-8s %-10s %24s %24s %8s %6s %6s\n' "$clients" "$target" \
+                "$(pairs "$target" "$clients" ROUND_CPU)" "$(pairs "$target" "$clients" ROUND_TPS)" \
+                "$(pooled "$target" "$clients" "$all" "$bouncer_all")" \
+                "$(pooled "$target" "$clients" "$user" "$bouncer_user")" \
+                "$(pooled "$target" "$clients" $((all - user)) $((bouncer_all - bouncer_user)))"
         done
     done
 fi
