@@ -19,26 +19,20 @@ const SEND_FLAGS: libc::c_int = 0;
 #[inline]
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call; a null address
-    // with length 0 makes sendto(2) a send(2). Every argument is passed as a full register.
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call.
     let sent = unsafe {
-        libc::syscall(
+        socket_call(
             libc::SYS_sendto,
-            fd as libc::c_long,
-            buf.as_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            SEND_FLAGS as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        ) as isize
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            SEND_FLAGS,
+        )
     };
     #[cfg(not(target_os = "linux"))]
     // SAFETY: as above.
     let sent = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
-    match usize::try_from(sent) {
-        Ok(n) => Ok(n),
-        Err(_) => Err(io::Error::last_os_error()),
-    }
+    outcome(sent)
 }
 
 /// Receives into `spare` what the socket holds (at most its length); 0 at end of stream,
@@ -48,25 +42,54 @@ pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 pub(crate) fn recv(fd: RawFd, spare: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     // SAFETY: `spare` is valid for writes of `spare.len()` bytes for the whole call (the kernel
-    // writes bytes, never reads them); null address pointers make recvfrom(2) a recv(2).
+    // writes bytes, never reads them).
     let got = unsafe {
-        libc::syscall(
+        socket_call(
             libc::SYS_recvfrom,
-            fd as libc::c_long,
-            spare.as_mut_ptr() as libc::c_long,
-            spare.len() as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        ) as isize
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            0,
+        )
     };
     #[cfg(not(target_os = "linux"))]
     // SAFETY: as above.
     let got = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
-    match usize::try_from(got) {
-        Ok(n) => Ok(n),
-        Err(_) => Err(io::Error::last_os_error()),
+    outcome(got)
+}
+
+/// `sendto(2)` or `recvfrom(2)` (`call`) without a peer address, which makes them `send(2)` and
+/// `recv(2)`. Every argument goes as a full register, as `syscall(2)` reads them.
+/// Safety: `buf` must be valid for `len` bytes of what `call` does with it: reads for `sendto`,
+/// writes for `recvfrom` (a pointer from a mutable borrow).
+#[cfg(target_os = "linux")]
+#[inline]
+unsafe fn socket_call(
+    call: libc::c_long,
+    fd: RawFd,
+    buf: *const libc::c_void,
+    len: usize,
+    flags: libc::c_int,
+) -> isize {
+    // SAFETY: the caller vouches for `buf`; null address pointers are what these calls expect
+    // without a peer address.
+    unsafe {
+        libc::syscall(
+            call,
+            fd as libc::c_long,
+            buf as libc::c_long,
+            len as libc::c_long,
+            flags as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        ) as isize
     }
+}
+
+/// A byte count, or the error the call left in `errno`.
+#[inline]
+fn outcome(ret: isize) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
