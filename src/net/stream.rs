@@ -64,8 +64,8 @@ impl AsyncRead for Tcp {
 impl AsyncWrite for Tcp {
     /// Sends at once (a bare system call, see `net::sys`), without asking the reactor first: a
     /// socket is almost always writable, and the reactor's path (readiness check, budget, closure)
-    /// costs more user time than the `send` itself. Only a full send buffer (`WouldBlock`) goes through tokio, which then registers the
-    /// task to be woken when there is room.
+    /// costs more user time than the `send` itself. Only a full send buffer (`WouldBlock`) goes
+    /// through tokio, which then registers the task to be woken when there is room.
     #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
