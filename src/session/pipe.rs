@@ -210,6 +210,7 @@ impl Pipe {
             if self.ready > 0 || !self.out.is_empty() || self.stop.is_some() {
                 continue;
             }
+            rewind(&mut self.buf);
             if self.buf.capacity() - self.buf.len() < self.min_spare() {
                 self.buf.reserve(self.read_size());
             }
@@ -485,4 +486,57 @@ impl Pipe {
 /// Whether the statement exchange still owes the client responses.
 fn owed(exchange: &Option<Exchange<'_>>) -> bool {
     exchange.as_ref().is_some_and(|e| !e.expected.is_empty())
+}
+
+/// Moves an emptied buffer's start back to the front of its allocation, without copying or
+/// allocating (a no-op when it is there already, or when another handle shares the allocation).
+/// Each exchange then reads into the same few cache lines; a buffer that only advanced would
+/// sweep its whole allocation, a cache line or more per transaction, and with many sessions
+/// those lines have left the CPU's caches by the time the sweep comes back to them.
+#[inline]
+fn rewind(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        // Asking for one byte more than the room ahead succeeds only by reclaiming the room
+        // behind, which is all of it; `false` (nothing behind) leaves the buffer as it is.
+        let _ = buf.try_reclaim(buf.capacity() + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_restarts_an_emptied_buffer_at_the_front() {
+        let mut buf = BytesMut::with_capacity(1024);
+        let full = buf.capacity();
+        let base = buf.as_ptr();
+        buf.extend_from_slice(&[1; 100]);
+        buf.advance(100);
+        assert_eq!(buf.capacity(), full - 100);
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (base, full));
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (base, full));
+    }
+
+    #[test]
+    fn rewind_keeps_unread_bytes_and_shared_allocations() {
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.extend_from_slice(b"abcdef");
+        buf.advance(3);
+        rewind(&mut buf);
+        assert_eq!(&buf[..], b"def");
+        // A split-off part still points into the allocation: nothing is reclaimed under it.
+        let mut head = buf.split_to(3);
+        let shared = head.as_ptr();
+        assert!(buf.is_empty());
+        rewind(&mut buf);
+        head.advance(3);
+        assert_eq!(shared.wrapping_add(3), head.as_ptr());
+        drop(head);
+        // Once the allocation is this handle's alone again, it goes back to the front.
+        rewind(&mut buf);
+        assert_eq!(buf.capacity(), 1024);
+    }
 }
