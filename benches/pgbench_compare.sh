@@ -44,6 +44,8 @@
 # time, so it does not move with other guests' load the way CPU time does (the TPS and CPU figures
 # of such a run are valgrind's, not the proxies'). It leaves out kernel time, which is most of a
 # proxy's CPU here and about the same for both.
+# Env CALLGRIND_ARGS adds callgrind options, e.g. "--cache-sim=yes --LL=524288,8,64" to count
+# data-cache misses against this machine's L2 (callgrind_annotate KEEP_WORK's callgrind/*.out).
 # Env KEEP_WORK=1 keeps the work directory (logs, generated configs) for inspection.
 # Prints the CPU steal time during the runs (other guests on a shared host): a noisy run shows.
 # Note: PgBouncer before 1.21 cannot run "-M prepared" in transaction mode.
@@ -110,7 +112,8 @@ PG_BIN=$(pg_bin_dir)
 VALGRIND=()
 if [ -n "${CALLGRIND:-}" ]; then
     command -v valgrind >/dev/null || die "CALLGRIND=1 needs valgrind (package valgrind)"
-    VALGRIND=(valgrind -q --tool=callgrind)
+    # shellcheck disable=SC2206 # CALLGRIND_ARGS holds several options
+    VALGRIND=(valgrind -q --tool=callgrind ${CALLGRIND_ARGS:-})
 fi
 # callgrind_args TARGET: the valgrind prefix for TARGET's command (none without CALLGRIND).
 callgrind_args() {
