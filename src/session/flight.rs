@@ -19,21 +19,25 @@ pub struct RelayMetrics<'m> {
 }
 
 /// Requests sent and not yet answered with ReadyForQuery, and the last transaction status.
+///
+/// Laid out in order (`repr(C)`): what each request and its answer update (the counts, the
+/// status, the clocks, the histograms' owners) fits one cache line; the rest follows.
 #[derive(Debug)]
+#[repr(C)]
 pub(super) struct Flight<'m> {
     pub(super) pending: i64,
     pub(super) status: TransactionStatus,
-    pub(super) parameters: Vec<(String, String)>,
     /// Extended-protocol messages forwarded since the last Sync.
     pub(super) unsynced: bool,
-    pub(super) pinned: Option<&'static str>,
+    /// Session pooling while the proxy drains: end at the next idle ReadyForQuery.
+    pub(super) draining: bool,
     pub(super) settings_changed: bool,
     pub(super) statements_dropped: bool,
-    pub(super) metrics: RelayMetrics<'m>,
     /// When the oldest unanswered request began (its first message); `None` while none is out.
     pub(super) query_start: Option<Instant>,
     /// When the current transaction's first message arrived; `None` between transactions.
     pub(super) transaction_start: Option<Instant>,
+    pub(super) metrics: RelayMetrics<'m>,
     /// Bytes written to the server and to the client since the last flush to `metrics`.
     pub(super) bytes_to_server: u64,
     pub(super) bytes_to_client: u64,
@@ -42,8 +46,8 @@ pub(super) struct Flight<'m> {
     pub(super) since: Option<Instant>,
     /// Client messages seen, counted only under `Policy::retry_read_only`.
     pub(super) client_messages: u32,
-    /// Session pooling while the proxy drains: end at the next idle ReadyForQuery.
-    pub(super) draining: bool,
+    pub(super) pinned: Option<&'static str>,
+    pub(super) parameters: Vec<(String, String)>,
 }
 
 impl Flight<'_> {

@@ -99,15 +99,14 @@ pub struct RelayOutcome {
 }
 
 /// Both directions of one client/server pair.
+///
+/// Laid out in order (`repr(C)`): the fields each poll reads before it reaches the pipes share
+/// the first cache line, each pipe starts a line of its own (see [`Pipe`]), and what only
+/// timeouts and transaction pooling use comes last.
+#[repr(C)]
 pub(super) struct Relay<'a, 's, 'e> {
     client: &'a mut Stream,
     server: &'a mut Stream,
-    upstream: Pipe,
-    downstream: Pipe,
-    flight: Flight<'a>,
-    policy: Policy,
-    /// Named prepared statements under transaction pooling (`None` in session pooling).
-    exchange: Option<Exchange<'e>>,
     /// The client's entry: its stop flag (KILL, shutdown), and the waker slot that stop and the
     /// proxy's drain wake. Registered at the first poll and after each wake-up (which takes the
     /// waker out of the slot), not at every poll.
@@ -116,6 +115,12 @@ pub(super) struct Relay<'a, 's, 'e> {
     stop_registered: Option<u32>,
     /// Session pooling: the flags that end the relay at the next idle point (`None` once seen).
     drain: Option<IdleExit<'s>>,
+    policy: Policy,
+    upstream: Pipe,
+    downstream: Pipe,
+    flight: Flight<'a>,
+    /// Named prepared statements under transaction pooling (`None` in session pooling).
+    exchange: Option<Exchange<'e>>,
     /// The timeouts' timer, when any is set.
     deadlines: Option<Deadlines>,
 }
