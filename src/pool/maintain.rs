@@ -24,6 +24,7 @@ impl Pool {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let me = self.maintainer.fetch_add(1, Ordering::SeqCst) + 1;
         async move {
+            let _ = self.housekeeping.set(tokio::runtime::Handle::current());
             self.maintain_loop(&stop).await;
             if self.maintainer.load(Ordering::SeqCst) == me {
                 self.close_idle().await;

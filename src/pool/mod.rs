@@ -110,6 +110,11 @@ pub struct Pool {
     /// any client's settings: what a session-pooled client is greeted with when every connection
     /// is taken, so that it waits at its first query rather than at login.
     greeting: Mutex<Option<ServerParams>>,
+    /// The runtime the pool's housekeeping runs on (the app's, set by [`Pool::maintain`]): the
+    /// watchdog of waiting checkouts runs there too. On a worker's runtime its timer would make
+    /// every wake-up of that worker a timed `epoll_wait` (a kernel timer armed and cancelled)
+    /// and a timer-wheel pass, for as long as anyone waits.
+    housekeeping: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 /// A server's parameters as it reported them (ParameterStatus), shared.
@@ -156,6 +161,7 @@ impl Pool {
             resumed: Notify::new(),
             maintainer: AtomicUsize::new(0),
             greeting: Mutex::new(None),
+            housekeeping: std::sync::OnceLock::new(),
         })
     }
 

@@ -264,7 +264,12 @@ impl Pool {
             noticed: false,
         });
         if !slots.watchdog {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // On the housekeeping runtime when there is one (see `Pool::housekeeping`).
+            let runtime = match self.housekeeping.get() {
+                Some(runtime) => Ok(runtime.clone()),
+                None => tokio::runtime::Handle::try_current(),
+            };
+            if let Ok(runtime) = runtime {
                 slots.watchdog = true;
                 runtime.spawn(self.clone().watch());
             }

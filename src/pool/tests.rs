@@ -5,6 +5,8 @@
 use super::*;
 use crate::config::ServerTls;
 use crate::net::ServerTlsConnector;
+use std::future::Future;
+use std::task::Poll;
 
 /// A pool whose connections go nowhere (port 1 refuses), so a checkout past the pause gate
 /// fails fast with `Connect`.
@@ -182,4 +184,43 @@ async fn close_ends_every_wait_and_an_abandoned_wait_leaves_the_queue() {
     }
     let err = pool.checkout(WorkerId(0)).await.unwrap_err();
     assert!(matches!(err, PoolError::Closed { .. }), "{err}");
+}
+
+/// The watchdog runs where the pool's housekeeping runs, not on the runtime of the checkout that
+/// started it: a worker's runtime keeps no timer (so no timed wake-ups) while its clients wait.
+#[test]
+fn the_watchdog_runs_on_the_housekeeping_runtime() {
+    let housekeeping = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let worker = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = full_pool(|s| s.checkout_timeout = Duration::from_millis(200));
+    let stop = tokio_util::sync::CancellationToken::new();
+    housekeeping.spawn(pool.clone().maintain(stop.clone()));
+    for _ in 0..500 {
+        if pool.housekeeping.get().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pool.housekeeping.get().is_some(), "housekeeping started");
+    let err = worker.block_on(async {
+        let mut wait = std::pin::pin!(pool.checkout(WorkerId(0)));
+        let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the checkout waits");
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0
+        );
+        wait.await.unwrap_err()
+    });
+    assert!(matches!(err, PoolError::CheckoutTimeout { .. }), "{err}");
+    stop.cancel();
 }
