@@ -441,17 +441,12 @@ impl Pipe {
     /// rewritten) after it.
     #[inline(always)]
     fn clear(&mut self, n: usize) {
-        if self.out.is_empty() {
-            self.ready += n;
-        } else {
-            self.out.extend_from_slice(&self.buf[..n]);
-            self.buf.advance(n);
-        }
+        self.clear_whole(n);
         self.pass.advance(n);
     }
 
     /// Clears the next `n` scanned bytes, whole messages that the passthrough never stepped
-    /// through (it stays at their end, a message boundary), like [`Pipe::clear`].
+    /// through (it stays at their end, a message boundary); [`Pipe::clear`] also moves it on.
     #[inline(always)]
     fn clear_whole(&mut self, n: usize) {
         if self.out.is_empty() {
